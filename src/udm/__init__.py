@@ -1,0 +1,43 @@
+"""udm: unified diffusion models.
+
+One framework (THEORY.md): a process corrupts data, x_t = F_t(x0, eps); a
+network estimates x0 from x_t (the Denoiser); a reverse kernel walks back with
+that estimate (the Sampler). The public API:
+
+* :mod:`udm.processes`: the Process protocol and the Gaussian family;
+* :mod:`udm.kernels`: the reverse kernels K0, K1, K2 for any process;
+* :class:`udm.Denoiser` and :func:`udm.convert`: parameterizations (eps, x0, v, score, velocity, edm);
+* :func:`udm.sample` with ``udm.SAMPLERS`` and ``udm.GRIDS``;
+* :mod:`udm.theory`: exact references (Gaussian mixtures, point masses);
+* :mod:`udm.metrics`: distances between samples.
+"""
+
+from . import kernels, metrics, processes, rng, theory
+from .denoiser import PARAMETERIZATIONS, Denoiser, Parameterization, convert, from_x0, to_x0
+from .processes import PROCESSES, GaussianProcess, NotInvertible, Process, get_process
+from .samplers import GRIDS, SAMPLERS, get_grid, sample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRIDS",
+    "PARAMETERIZATIONS",
+    "PROCESSES",
+    "SAMPLERS",
+    "Denoiser",
+    "GaussianProcess",
+    "NotInvertible",
+    "Parameterization",
+    "Process",
+    "convert",
+    "from_x0",
+    "get_grid",
+    "get_process",
+    "kernels",
+    "metrics",
+    "theory",
+    "processes",
+    "rng",
+    "sample",
+    "to_x0",
+]

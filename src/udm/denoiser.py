@@ -1,0 +1,204 @@
+"""Parameterizations of the network output and the Denoiser (THEORY §0.2, §2.1 "equivalent forms").
+
+For a Gaussian process x_t = alpha x0 + sigma eps every common network target
+is an affine function of (x_t, x0):
+
+    target = a(t) x_t + b(t) x0,
+
+so one pair (a, b) per parameterization gives the map to x0,
+x0 = (target - a x_t) / b, and the map back. :func:`convert` goes between any
+two of them through x0; round trips are exact to floating-point precision.
+
+| name     | target                                   | a                       | b                          |
+|----------|------------------------------------------|-------------------------|----------------------------|
+| x0       | x0                                       | 0                       | 1                          |
+| eps      | (x_t - alpha x0) / sigma                 | 1/sigma                 | -alpha/sigma               |
+| score    | -eps / sigma                             | -1/sigma^2              | alpha/sigma^2              |
+| v        | alpha eps - sigma x0 (Salimans & Ho)      | alpha/sigma             | -(alpha^2 + sigma^2)/sigma |
+| velocity | alpha' x0 + sigma' eps (dx_t/dt)          | sigma'/sigma            | alpha' - sigma' alpha/sigma|
+| edm      | F with D = c_skip x~ + c_out F(c_in x~)  | -c_skip/(alpha c_out)   | 1/c_out                    |
+
+(x~ = x_t/alpha and sigma~ = sigma/alpha for ``edm``: EDM's preconditioning
+applied in the variance-exploding coordinates, Karras et al. 2022, Table 1.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .processes.base import Process, time_tensor
+from .registry import Registry
+
+Tensor = torch.Tensor
+
+
+class Parameterization:
+    """What the network predicts, as target = a(t) x_t + b(t) x0 (see the module table)."""
+
+    name = "x0"
+
+    def coefficients(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(a, b) in float64 at times ``t`` (already shaped to broadcast)."""
+        return torch.zeros_like(t), torch.ones_like(t)
+
+    def net_input(self, process: Process, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """What the network is fed: (x_t, t) unless the parameterization preconditions them."""
+        return x, t.reshape(-1).to(x.dtype).expand(x.shape[0])
+
+    def config(self) -> dict:
+        return {}
+
+
+def _gaussian(process: Process, name: str) -> Process:
+    if not hasattr(process, "alpha"):
+        raise ValueError(f"the {name!r} parameterization needs a Gaussian process (alpha_t, sigma_t), got {process.name!r}")
+    return process
+
+
+class EpsParameterization(Parameterization):
+    name = "eps"
+
+    def coefficients(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
+        p = _gaussian(process, self.name)
+        a, s = p.alpha(t), p.sigma(t)
+        return 1.0 / s, -a / s
+
+
+class ScoreParameterization(Parameterization):
+    name = "score"
+
+    def coefficients(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
+        p = _gaussian(process, self.name)
+        a, s = p.alpha(t), p.sigma(t)
+        return -1.0 / s**2, a / s**2
+
+
+class VParameterization(Parameterization):
+    name = "v"
+
+    def coefficients(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
+        p = _gaussian(process, self.name)
+        a, s = p.alpha(t), p.sigma(t)
+        return a / s, -(a * a + s * s) / s
+
+
+class VelocityParameterization(Parameterization):
+    name = "velocity"
+
+    def coefficients(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
+        p = _gaussian(process, self.name)
+        a, s, da, ds = p.alpha(t), p.sigma(t), p.dalpha(t), p.dsigma(t)
+        return ds / s, da - ds * a / s
+
+
+class EDMParameterization(Parameterization):
+    """EDM preconditioning with data standard deviation ``sigma_data`` (Karras et al. 2022, eq. 7)."""
+
+    name = "edm"
+
+    def __init__(self, sigma_data: float = 0.5) -> None:
+        self.sigma_data = float(sigma_data)
+
+    def _c(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        p = _gaussian(process, self.name)
+        a = p.alpha(t)
+        st = p.sigma(t) / a
+        sd2 = self.sigma_data**2
+        c_skip = sd2 / (st**2 + sd2)
+        c_out = st * self.sigma_data / torch.sqrt(st**2 + sd2)
+        c_in = 1.0 / torch.sqrt(st**2 + sd2)
+        return a, st, c_skip, c_out, c_in
+
+    def coefficients(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
+        a, _, c_skip, c_out, _ = self._c(process, t)
+        return -c_skip / (a * c_out), 1.0 / c_out
+
+    def net_input(self, process: Process, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        a, st, _, _, c_in = self._c(process, t)
+        c_noise = 0.25 * torch.log(st)
+        return (c_in / a).to(x.dtype) * x, c_noise.reshape(-1).to(x.dtype).expand(x.shape[0])
+
+    def config(self) -> dict:
+        return {"sigma_data": self.sigma_data}
+
+
+PARAMETERIZATIONS: Registry[Callable[..., Parameterization]] = Registry("parameterization")
+for _cls in (Parameterization, EpsParameterization, ScoreParameterization, VParameterization, VelocityParameterization, EDMParameterization):
+    PARAMETERIZATIONS.register(_cls.name, _cls)
+
+
+def get_parameterization(prediction: str | Parameterization, **kwargs) -> Parameterization:
+    """A parameterization object from its registry name (or pass one through)."""
+    if isinstance(prediction, Parameterization):
+        return prediction
+    return PARAMETERIZATIONS.get(prediction)(**kwargs)
+
+
+def to_x0(pred: Tensor, x: Tensor, t: float | Tensor, process: Process, prediction: str | Parameterization) -> Tensor:
+    """x0 = (pred - a x_t) / b for a network output ``pred`` in parameterization ``prediction``."""
+    a, b = get_parameterization(prediction).coefficients(process, time_tensor(t, x))
+    return (pred - a.to(x.dtype) * x) / b.to(x.dtype)
+
+
+def from_x0(x0: Tensor, x: Tensor, t: float | Tensor, process: Process, prediction: str | Parameterization) -> Tensor:
+    """target = a x_t + b x0: the quantity ``prediction`` at (x_t, t) given x0."""
+    a, b = get_parameterization(prediction).coefficients(process, time_tensor(t, x))
+    return a.to(x.dtype) * x + b.to(x.dtype) * x0
+
+
+def convert(
+    pred: Tensor,
+    x: Tensor,
+    t: float | Tensor,
+    process: Process,
+    src: str | Parameterization,
+    dst: str | Parameterization,
+) -> Tensor:
+    """Convert a prediction from parameterization ``src`` to ``dst`` (through x0; THEORY §2.1)."""
+    return from_x0(to_x0(pred, x, t, process, src), x, t, process, dst)
+
+
+class Denoiser(nn.Module):
+    """x0_hat(x_t, t, cond) from a network and a parameterization (DESIGN: the Denoiser noun).
+
+    ``net(x_in, t_in)`` (or ``net(x_in, t_in, cond)`` when a condition is given)
+    returns the parameterization's target; :meth:`forward` converts it to x0_hat,
+    and :meth:`predict` to any other parameterization (eps, score, velocity, ...),
+    so samplers never re-derive these conversions.
+    """
+
+    def __init__(
+        self, net: Callable[..., Tensor], process: Process, prediction: str | Parameterization = "eps", **prediction_kwargs
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.process = process
+        self.parameterization = get_parameterization(prediction, **prediction_kwargs)
+
+    @property
+    def prediction(self) -> str:
+        """The registry name of the network's parameterization."""
+        return self.parameterization.name
+
+    def raw(self, x: Tensor, t: float | Tensor, cond: object = None) -> Tensor:
+        """The network output (in its own parameterization) at (x_t, t)."""
+        tt = time_tensor(t, x)
+        if tt.ndim == 0:
+            tt = tt.expand(x.shape[0]).reshape(-1, *([1] * (x.ndim - 1)))
+        x_in, t_in = self.parameterization.net_input(self.process, x, tt)
+        out = self.net(x_in, t_in) if cond is None else self.net(x_in, t_in, cond)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"denoiser network output has shape {shape} but x_t has shape {tuple(x.shape)}; they must match")
+        return out
+
+    def forward(self, x: Tensor, t: float | Tensor, cond: object = None) -> Tensor:
+        """x0_hat(x_t, t)."""
+        return to_x0(self.raw(x, t, cond), x, t, self.process, self.parameterization)
+
+    def predict(self, x: Tensor, t: float | Tensor, kind: str = "x0", cond: object = None) -> Tensor:
+        """The network's estimate expressed as ``kind`` (x0, eps, score, v, velocity, edm)."""
+        return convert(self.raw(x, t, cond), x, t, self.process, self.parameterization, kind)

@@ -1,0 +1,68 @@
+"""The three reverse kernels of the unified diffusion model, written once for every process (THEORY §3.1).
+
+Each kernel maps (x_t, x0_hat) at time t to x_s at any earlier time s < t
+(step skipping is free: the marginal identity never uses s = t - 1) using only
+the :class:`~udm.processes.Process` protocol:
+
+* K0, re-noise:       x_s = F_s(x0_hat, eps'),                       eps' ~ q fresh;
+* K1, noise reuse:    x_s = F_s(x0_hat, F_t^{-1}(x0_hat, x_t));
+* K2, Gaussian mix:   x_s = F_s(x0_hat, sqrt(1 - r^2) F_t^{-1}(x0_hat, x_t) + r eps'),  r in [0, 1],
+  which needs q = N(0, I); r = 0 is K1 and r = 1 is K0.
+
+With the true x0 each kernel sends p(x_t | x0) to p(x_s | x0) exactly; with x0_hat
+drawn from the exact posterior p(x0 | x_t) each step's marginal is exact for any
+number of steps (THEORY §3.1, consequences 1-2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from . import rng
+from .processes.base import Process
+from .registry import Registry
+
+Tensor = torch.Tensor
+Kernel = Callable[..., Tensor]
+KERNELS: Registry[Kernel] = Registry("kernel")
+
+
+@KERNELS.register("K0")
+def renoise(
+    process: Process, x_t: Tensor, x0_hat: Tensor, t: float, s: float, *, generator: rng.GeneratorLike = None, **_: object
+) -> Tensor:
+    """K0 (re-noise): x_s = F_s(x0_hat, eps') with fresh eps' ~ q."""
+    eps = process.sample_noise(x_t.shape, generator, dtype=x_t.dtype, device=x_t.device)
+    return process.corrupt(x0_hat, s, eps)
+
+
+@KERNELS.register("K1")
+def reuse(process: Process, x_t: Tensor, x0_hat: Tensor, t: float, s: float, **_: object) -> Tensor:
+    """K1 (noise reuse, deterministic): x_s = F_s(x0_hat, F_t^{-1}(x0_hat, x_t))."""
+    return process.corrupt(x0_hat, s, process.recover_noise(x0_hat, x_t, t))
+
+
+@KERNELS.register("K2")
+def mix(
+    process: Process,
+    x_t: Tensor,
+    x0_hat: Tensor,
+    t: float,
+    s: float,
+    *,
+    sigma_tilde: float = 0.0,
+    generator: rng.GeneratorLike = None,
+    **_: object,
+) -> Tensor:
+    """K2 (Gaussian mixing): reuse the recovered noise with weight sqrt(1 - r^2), add fresh noise with weight r."""
+    r = float(sigma_tilde)
+    if not 0.0 <= r <= 1.0:
+        raise ValueError(f"K2 needs sigma_tilde in [0, 1], got {r:g}")
+    if not process.noise_is_standard_normal:
+        raise ValueError(f"K2 mixes standard normals, but process {process.name!r} has non-Gaussian noise q; use K0 or K1")
+    eps_hat = process.recover_noise(x0_hat, x_t, t)
+    if r > 0.0:
+        eps_hat = (1.0 - r * r) ** 0.5 * eps_hat + r * rng.randn_like(x_t, generator)
+    return process.corrupt(x0_hat, s, eps_hat)

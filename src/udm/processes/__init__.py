@@ -1,0 +1,55 @@
+"""Forward processes (THEORY §3.1): the registry ``PROCESSES`` names every built-in one.
+
+``get_process("vp")`` or ``get_process("ddpm", beta_schedule="cosine")`` builds a process;
+each entry is a factory taking the schedule's keyword arguments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..registry import Registry
+from .base import NotInvertible, Process, time_tensor
+from .gaussian import (
+    DDPMSchedule,
+    EDMSchedule,
+    GaussianProcess,
+    RectifiedFlowSchedule,
+    Schedule,
+    SubVPSchedule,
+    VESchedule,
+    VPCosineSchedule,
+    VPLinearSchedule,
+    VPSchedule,
+    ddpm_betas,
+)
+
+PROCESSES: Registry[Callable[..., Process]] = Registry("process")
+
+for _schedule in (DDPMSchedule, VPLinearSchedule, VPCosineSchedule, SubVPSchedule, VESchedule, EDMSchedule, RectifiedFlowSchedule):
+    PROCESSES.register(_schedule.name, lambda _s=_schedule, **kw: GaussianProcess(_s(**kw)))
+
+
+def get_process(name: str, **kwargs) -> Process:
+    """Build the registered process ``name`` with its schedule's keyword arguments."""
+    return PROCESSES.get(name)(**kwargs)
+
+
+__all__ = [
+    "PROCESSES",
+    "DDPMSchedule",
+    "EDMSchedule",
+    "GaussianProcess",
+    "NotInvertible",
+    "Process",
+    "RectifiedFlowSchedule",
+    "Schedule",
+    "SubVPSchedule",
+    "VESchedule",
+    "VPCosineSchedule",
+    "VPLinearSchedule",
+    "VPSchedule",
+    "ddpm_betas",
+    "get_process",
+    "time_tensor",
+]

@@ -1,0 +1,75 @@
+"""Random numbers that do not depend on batch size or device.
+
+A sampler draws its noise through :func:`randn`. Given a list of generators
+(one per sample, e.g. from :func:`generators_from_seeds`), sample ``i`` gets
+its noise from generator ``i`` alone, so the same seed yields the same sample
+whether it is drawn alone or inside a batch of 64 (issue: per-sample seeds).
+Draws are made on the CPU in float64 and then moved, so CPU and GPU runs see
+the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+GeneratorLike = torch.Generator | int | Sequence[torch.Generator | int] | None
+
+
+def generators_from_seeds(seeds: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per seed: the per-sample seeding used by samplers."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def as_generator(generator: GeneratorLike) -> torch.Generator | list[torch.Generator] | None:
+    """Normalize ``None | int | Generator | list of those`` to generators."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, int):
+        return torch.Generator().manual_seed(generator)
+    return [g if isinstance(g, torch.Generator) else torch.Generator().manual_seed(int(g)) for g in generator]
+
+
+def randn(
+    shape: Sequence[int],
+    generator: GeneratorLike = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Standard normal draws of ``shape``; with a list of generators, row ``i`` uses generator ``i``."""
+    gen = as_generator(generator)
+    shape = tuple(shape)
+    if isinstance(gen, list):
+        if len(gen) != shape[0]:
+            raise ValueError(f"got {len(gen)} per-sample generators for a batch of {shape[0]}; give one per sample")
+        rows = [torch.randn(shape[1:], generator=g, dtype=torch.float64) for g in gen]
+        out = torch.stack(rows) if rows else torch.empty(shape, dtype=torch.float64)
+    else:
+        out = torch.randn(shape, generator=gen, dtype=torch.float64)
+    return out.to(device=device, dtype=dtype)
+
+
+def randn_like(x: torch.Tensor, generator: GeneratorLike = None) -> torch.Tensor:
+    """:func:`randn` with the shape, dtype and device of ``x``."""
+    return randn(x.shape, generator, dtype=x.dtype, device=x.device)
+
+
+def rand(
+    shape: Sequence[int],
+    generator: GeneratorLike = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Uniform [0, 1) draws of ``shape``, with the same per-sample generator rule as :func:`randn`."""
+    gen = as_generator(generator)
+    shape = tuple(shape)
+    if isinstance(gen, list):
+        if len(gen) != shape[0]:
+            raise ValueError(f"got {len(gen)} per-sample generators for a batch of {shape[0]}; give one per sample")
+        out = torch.stack([torch.rand(shape[1:], generator=g, dtype=torch.float64) for g in gen])
+    else:
+        out = torch.rand(shape, generator=gen, dtype=torch.float64)
+    return out.to(device=device, dtype=dtype)

@@ -1,0 +1,120 @@
+"""Kernel samplers: the generic UDM loop (THEORY §3.2, U2), DDIM(eta) and DDPM ancestral (§4.1).
+
+All three alternate "predict x0_hat = D(x_t, t)" and "correct with a reverse
+kernel". DDIM(eta) is K2 on the Gaussian process with
+sigma_tilde = eta * std[q(x_s | x_t, x0)] / sigma_s; DDPM ancestral draws from
+q(x_s | x_t, x0_hat) itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .. import rng
+from ..kernels import KERNELS
+from ..processes.base import Process
+from .common import Callback, DenoiseFn, alpha_sigma, report, require_gaussian
+
+Tensor = torch.Tensor
+
+
+def udm(
+    denoiser: DenoiseFn,
+    process: Process,
+    x: Tensor,
+    times: Tensor,
+    *,
+    kernel: str = "K1",
+    sigma_tilde: float | Callable[[float, float], float] = 0.0,
+    generator: rng.GeneratorLike = None,
+    callback: Callback = None,
+) -> Tensor:
+    """U2 for any process: x0_hat = D(x_t, t), then x_s ~ kernel(x_t, x0_hat) with K0, K1 or K2.
+
+    ``sigma_tilde`` (K2 only) is a number in [0, 1] or a function of (t, s).
+    """
+    step = KERNELS.get(kernel)
+    gen = rng.as_generator(generator)
+    ts = times.tolist()
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        x0 = denoiser(x, t)
+        r = sigma_tilde(t, s) if callable(sigma_tilde) else sigma_tilde
+        x = step(process, x, x0, t, s, sigma_tilde=r, generator=gen)
+        report(callback, i, t, s, x, x0)
+    return x
+
+
+def udm_baseline(denoiser: DenoiseFn, process: Process, x: Tensor, times: Tensor, **options) -> Tensor:
+    """The UDM loop with the re-noising kernel K0 (THEORY §3.1, baseline)."""
+    return udm(denoiser, process, x, times, kernel="K0", **options)
+
+
+def udm_deterministic(denoiser: DenoiseFn, process: Process, x: Tensor, times: Tensor, **options) -> Tensor:
+    """The UDM loop with the noise-reuse kernel K1 (THEORY §3.1, deterministic)."""
+    return udm(denoiser, process, x, times, kernel="K1", **options)
+
+
+def _posterior_std(process, t: float, s: float) -> float:
+    """std of q(x_s | x_t, x0) = sigma_{t|s} sigma_s / sigma_t (THEORY §4.1, DDPM row)."""
+    a_t, s_t = alpha_sigma(process, t)
+    a_s, s_s = alpha_sigma(process, s)
+    var_ts = max(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0)
+    return (var_ts * s_s**2 / s_t**2) ** 0.5
+
+
+def ddim(
+    denoiser: DenoiseFn,
+    process: Process,
+    x: Tensor,
+    times: Tensor,
+    *,
+    eta: float = 0.0,
+    generator: rng.GeneratorLike = None,
+    callback: Callback = None,
+) -> Tensor:
+    """DDIM(eta) (Song et al. 2021) = K2 with sigma_tilde = eta * posterior std / sigma_s (THEORY §4.1)."""
+    p = require_gaussian(process, "ddim")
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+
+    def r(t: float, s: float) -> float:
+        s_s = float(p.sigma(s))
+        return min(eta * _posterior_std(p, t, s) / s_s, 1.0) if s_s > 0 else 0.0
+
+    return udm(denoiser, p, x, times, kernel="K2", sigma_tilde=r, generator=generator, callback=callback)
+
+
+def ddpm(
+    denoiser: DenoiseFn,
+    process: Process,
+    x: Tensor,
+    times: Tensor,
+    *,
+    variance: str = "small",
+    generator: rng.GeneratorLike = None,
+    callback: Callback = None,
+) -> Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020): x_s = mean[q(x_s | x_t, x0_hat)] + std z.
+
+    ``variance="small"`` uses the posterior variance (beta-tilde); ``"large"``
+    uses sigma_{t|s}^2 (DDPM's beta_t). No noise is added on the step into clean data.
+    """
+    p = require_gaussian(process, "ddpm")
+    if variance not in ("small", "large"):
+        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
+    gen = rng.as_generator(generator)
+    ts = times.tolist()
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        x0 = denoiser(x, t)
+        mean, _ = p.posterior(x, x0, t, s)
+        a_t, s_t = alpha_sigma(p, t)
+        a_s, s_s = alpha_sigma(p, s)
+        if s_s > 0:
+            std = _posterior_std(p, t, s) if variance == "small" else max(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0) ** 0.5
+            x = mean + std * rng.randn_like(x, gen)
+        else:
+            x = mean
+        report(callback, i, t, s, x, x0)
+    return x

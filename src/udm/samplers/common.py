@@ -1,0 +1,42 @@
+"""Small pieces every sampler shares: the Gaussian-process check and per-step scalar coefficients.
+
+Samplers take a *denoiser callable* ``D(x_t, t) -> x0_hat`` (``udm.sample``
+binds the condition and counts evaluations), the process, the start ``x`` and
+a grid ``times`` (float64, CPU). Step coefficients are Python floats computed
+in float64 from the grid, so nothing in the loop moves tensors between devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..processes.base import Process
+from ..processes.gaussian import GaussianProcess
+
+Tensor = torch.Tensor
+DenoiseFn = Callable[[Tensor, float], Tensor]
+Callback = Callable[[dict[str, Any]], None] | None
+
+
+def require_gaussian(process: Process, sampler: str) -> GaussianProcess:
+    """``process`` if it is Gaussian (alpha_t, sigma_t), else a clear error naming the sampler."""
+    if not isinstance(process, GaussianProcess):
+        raise ValueError(
+            f"sampler {sampler!r} needs a Gaussian process (x_t = alpha x0 + sigma eps), got {process.name!r}; "
+            "use the generic 'udm' kernel sampler"
+        )
+    return process
+
+
+def alpha_sigma(process: GaussianProcess, t: float) -> tuple[float, float]:
+    """(alpha_t, sigma_t) as Python floats (float64 arithmetic)."""
+    return float(process.alpha(t)), float(process.sigma(t))
+
+
+def report(callback: Callback, i: int, t: float, s: float, x: Tensor, x0_hat: Tensor | None) -> None:
+    """Send one step's state to the user's callback (trajectories, progress bars)."""
+    if callback is not None:
+        callback({"i": i, "t": t, "s": s, "x": x, "x0_hat": x0_hat})

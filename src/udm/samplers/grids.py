@@ -1,0 +1,102 @@
+"""Time grids: ``steps + 1`` strictly decreasing times from the prior end to the clean end.
+
+Every grid starts at ``t_start`` (default ``process.t_max``) and ends at the
+clean-data time ``process.t_min``. Grids that space points by noise level
+(``karras``, ``logsnr``) place ``steps`` points between ``t_start`` and
+``t_end`` (default ``process.t_eps``) and then add the final step to clean
+data, as k-diffusion and EDM append sigma = 0. The registry ``GRIDS`` names
+them; an explicit grid is any decreasing tensor passed as ``times=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..processes.base import Process
+from ..registry import Registry
+
+Tensor = torch.Tensor
+Grid = Callable[..., Tensor]
+GRIDS: Registry[Grid] = Registry("grid")
+
+
+def _ends(process: Process, t_start: float | None, t_end: float | None) -> tuple[float, float]:
+    t0 = process.t_max if t_start is None else float(t_start)
+    t1 = process.t_eps if t_end is None else float(t_end)
+    if not process.t_min < t1 < t0 <= process.t_max:
+        raise ValueError(
+            f"grid ends must satisfy t_min < t_end < t_start <= t_max for process {process.name!r}: "
+            f"got t_start={t0:g}, t_end={t1:g}, domain [{process.t_min:g}, {process.t_max:g}]"
+        )
+    return t0, t1
+
+
+def _with_clean_end(process: Process, times: Tensor) -> Tensor:
+    return torch.cat([times, torch.tensor([process.t_min], dtype=torch.float64)])
+
+
+@GRIDS.register("uniform")
+def uniform(process: Process, steps: int, *, t_start: float | None = None) -> Tensor:
+    """Uniform in t from ``t_start`` to the clean end (DDIM's and diffusers' "trailing" spacing)."""
+    t0 = process.t_max if t_start is None else float(t_start)
+    return torch.linspace(t0, process.t_min, steps + 1, dtype=torch.float64)
+
+
+@GRIDS.register("quadratic")
+def quadratic(process: Process, steps: int, *, t_start: float | None = None) -> Tensor:
+    """t_i = t_min + (t_start - t_min) (i / steps)^2 in reverse: denser near the data (DDIM's "quad")."""
+    t0 = process.t_max if t_start is None else float(t_start)
+    u = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return process.t_min + (t0 - process.t_min) * u * u
+
+
+def _needs_gaussian(process: Process, grid: str) -> None:
+    if not hasattr(process, "sigma_tilde"):
+        raise ValueError(f"the {grid!r} grid spaces times by noise level and needs a Gaussian process, got {process.name!r}")
+
+
+@GRIDS.register("karras")
+def karras(
+    process: Process, steps: int, *, rho: float = 7.0, t_start: float | None = None, t_end: float | None = None
+) -> Tensor:
+    """Karras et al. (2022, eq. 5): sigma~ uniform in sigma~^(1/rho) from t_start to t_end, then clean.
+
+    sigma~ = sigma/alpha is the noise level of x/alpha, so the grid means the
+    same thing for VP, VE and EDM processes.
+    """
+    _needs_gaussian(process, "karras")
+    t0, t1 = _ends(process, t_start, t_end)
+    s_max, s_min = float(process.sigma_tilde(t0)), float(process.sigma_tilde(t1))
+    if not torch.isfinite(torch.tensor(s_max)):
+        raise ValueError(f"the karras grid needs a finite sigma/alpha at t_start={t0:g}; pass t_start < t_max")
+    if steps == 1:
+        return torch.tensor([t0, process.t_min], dtype=torch.float64)
+    ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+    inv = s_max ** (1.0 / rho) + ramp * (s_min ** (1.0 / rho) - s_max ** (1.0 / rho))
+    times = process.t_from_sigma_tilde(inv**rho)
+    times[0], times[-1] = t0, t1
+    return _with_clean_end(process, times)
+
+
+@GRIDS.register("logsnr")
+def logsnr(process: Process, steps: int, *, t_start: float | None = None, t_end: float | None = None) -> Tensor:
+    """Uniform in log-SNR from t_start to t_end, then clean (DPM-Solver's "logSNR" spacing)."""
+    _needs_gaussian(process, "logsnr")
+    t0, t1 = _ends(process, t_start, t_end)
+    l0, l1 = float(process.log_snr(t0)), float(process.log_snr(t1))
+    if not torch.isfinite(torch.tensor(l0)):
+        raise ValueError(f"the logsnr grid needs a finite log-SNR at t_start={t0:g}; pass t_start < t_max")
+    if steps == 1:
+        return torch.tensor([t0, process.t_min], dtype=torch.float64)
+    times = process.t_from_log_snr(torch.linspace(l0, l1, steps, dtype=torch.float64))
+    times[0], times[-1] = t0, t1
+    return _with_clean_end(process, times)
+
+
+def get_grid(name: str, process: Process, steps: int, **options) -> Tensor:
+    """The grid ``name`` with ``steps`` steps for ``process`` (validated)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    return process.check_times(GRIDS.get(name)(process, steps, **options))

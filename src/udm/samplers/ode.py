@@ -1,0 +1,183 @@
+"""Probability-flow ODE solvers: Euler, Heun (EDM, with churn) and adaptive RK45 (THEORY §5.2, O2).
+
+For a Gaussian process the PF-ODE can be written in two time variables:
+
+* ``"sigma"`` (EDM's choice, Karras et al. 2022 §3): y = x/alpha, u = sigma/alpha,
+  dy/du = eps_hat. Euler in this variable is exactly DDIM (eta = 0).
+* ``"t"`` (the process's own time, the flow-matching convention):
+  dx/dt = alpha' x0_hat + sigma' eps_hat, the velocity E[dx_t/dt | x_t].
+
+The default is ``"sigma"`` unless alpha vanishes at the first time (rectified
+flow at t = 1), where only ``"t"`` is defined. A step whose target is clean
+data (sigma_s = 0) is an Euler step, which lands on x0_hat in the sigma variable.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import rng
+from ..denoiser import from_x0
+from ..processes.gaussian import GaussianProcess
+from .common import Callback, DenoiseFn, alpha_sigma, report, require_gaussian
+
+Tensor = torch.Tensor
+
+
+class ODEView:
+    """The PF-ODE of a Gaussian process in a chosen time variable: state map, time map and derivative."""
+
+    def __init__(self, process: GaussianProcess, variable: str) -> None:
+        if variable not in ("sigma", "t"):
+            raise ValueError(f"ODE variable must be 'sigma' or 't', got {variable!r}")
+        self.process, self.variable = process, variable
+
+    @classmethod
+    def default(cls, process: GaussianProcess, times: Tensor, variable: str | None) -> ODEView:
+        """``variable`` or, if None, "sigma" where alpha > 0 at the start and "t" otherwise."""
+        if variable is None:
+            variable = "sigma" if float(process.alpha(float(times[0]))) > 0 else "t"
+        if variable == "sigma" and float(process.alpha(float(times[0]))) <= 0:
+            raise ValueError("alpha_t = 0 at the first time, so the 'sigma' ODE variable is undefined there; use variable='t'")
+        return cls(process, variable)
+
+    def u(self, t: float) -> float:
+        """The ODE time variable at process time t."""
+        return float(self.process.sigma_tilde(t)) if self.variable == "sigma" else t
+
+    def t(self, u: float) -> float:
+        """Process time at ODE time u."""
+        return float(self.process.t_from_sigma_tilde(u)) if self.variable == "sigma" else u
+
+    def to_state(self, x: Tensor, t: float) -> Tensor:
+        return x / float(self.process.alpha(t)) if self.variable == "sigma" else x
+
+    def from_state(self, y: Tensor, t: float) -> Tensor:
+        return y * float(self.process.alpha(t)) if self.variable == "sigma" else y
+
+    def derivative(self, x0_hat: Tensor, x: Tensor, t: float) -> Tensor:
+        """dy/du at (x_t, t) given x0_hat: eps_hat (sigma) or the velocity (t)."""
+        return from_x0(x0_hat, x, t, self.process, "eps" if self.variable == "sigma" else "velocity")
+
+    def is_clean(self, t: float) -> bool:
+        return float(self.process.sigma(t)) == 0.0
+
+
+def euler(
+    denoiser: DenoiseFn,
+    process: GaussianProcess,
+    x: Tensor,
+    times: Tensor,
+    *,
+    variable: str | None = None,
+    callback: Callback = None,
+) -> Tensor:
+    """Euler's method on the PF-ODE (first order); in the sigma variable it equals DDIM(eta=0)."""
+    view = ODEView.default(require_gaussian(process, "euler"), times, variable)
+    ts = times.tolist()
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        x0 = denoiser(x, t)
+        if view.variable == "sigma":
+            # y_s = y_t + (u_s - u_t) eps_hat, written as alpha_s x0_hat + sigma_s eps_hat
+            a_s, s_s = alpha_sigma(process, s)
+            x = a_s * x0 + s_s * view.derivative(x0, x, t)
+        else:
+            x = x + (s - t) * view.derivative(x0, x, t)
+        report(callback, i, t, s, x, x0)
+    return x
+
+
+def heun(
+    denoiser: DenoiseFn,
+    process: GaussianProcess,
+    x: Tensor,
+    times: Tensor,
+    *,
+    variable: str | None = None,
+    churn: float = 0.0,
+    churn_tmin: float = 0.0,
+    churn_tmax: float = float("inf"),
+    churn_noise: float = 1.0,
+    generator: rng.GeneratorLike = None,
+    callback: Callback = None,
+) -> Tensor:
+    """Heun's second-order method (Karras et al. 2022, Algorithm 2), with optional stochastic churn.
+
+    With ``churn > 0`` (S_churn), each step whose sigma~ lies in
+    [churn_tmin, churn_tmax] first raises the noise level by gamma =
+    min(churn / steps, sqrt(2) - 1) (sigma variable only). The last step into
+    clean data is an Euler step, as in EDM.
+    """
+    view = ODEView.default(require_gaussian(process, "heun"), times, variable)
+    if churn > 0 and view.variable != "sigma":
+        raise ValueError("stochastic churn is defined in the sigma variable; use variable='sigma'")
+    gen = rng.as_generator(generator)
+    ts = times.tolist()
+    n = len(ts) - 1
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        u_t, u_s = view.u(t), view.u(s)
+        y = view.to_state(x, t)
+        if churn > 0 and churn_tmin <= u_t <= churn_tmax:
+            gamma = min(churn / n, 2**0.5 - 1)
+            u_hat = u_t * (1 + gamma)
+            y = y + (u_hat**2 - u_t**2) ** 0.5 * churn_noise * rng.randn_like(y, gen)
+            t, u_t = view.t(u_hat), u_hat
+            x = view.from_state(y, t)
+        x0 = denoiser(x, t)
+        d = view.derivative(x0, x, t)
+        y_next = y + (u_s - u_t) * d
+        if not view.is_clean(s):
+            x_next = view.from_state(y_next, s)
+            d2 = view.derivative(denoiser(x_next, s), x_next, s)
+            y_next = y + (u_s - u_t) * 0.5 * (d + d2)
+        x = view.from_state(y_next, s)
+        report(callback, i, t, s, x, x0)
+    return x
+
+
+def rk45(
+    denoiser: DenoiseFn,
+    process: GaussianProcess,
+    x: Tensor,
+    times: Tensor,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    variable: str | None = None,
+    callback: Callback = None,
+) -> Tensor:
+    """Adaptive Runge-Kutta (Dormand-Prince 5(4) via torchdiffeq) on the PF-ODE (THEORY §5.2, O2).
+
+    The solver integrates from ``times[0]`` to the last positive grid time,
+    returning the state at every grid time (for the callback); a final step
+    into clean data is the Euler/Tweedie step x0_hat. The number of network
+    evaluations is counted by :func:`udm.sample` (``return_info=True``).
+    """
+    from torchdiffeq import odeint
+
+    view = ODEView.default(require_gaussian(process, "rk45"), times, variable)
+    ts = times.tolist()
+    last = len(ts) - 1 if view.is_clean(ts[-1]) else len(ts)
+    positive = ts[:last]
+
+    u_lo, u_hi = sorted((view.u(positive[0]), view.u(positive[-1])))
+
+    def field(u: Tensor, y: Tensor) -> Tensor:
+        # the solver's first-step heuristic may probe outside the interval; stay inside the domain
+        t = view.t(min(max(float(u), u_lo), u_hi))
+        xt = view.from_state(y, t)
+        return view.derivative(denoiser(xt, t), xt, t)
+
+    if len(positive) >= 2:
+        grid_u = torch.tensor([view.u(t) for t in positive], dtype=torch.float64)
+        ys = odeint(field, view.to_state(x, positive[0]), grid_u.to(x.device), rtol=rtol, atol=atol, method=method)
+        for i in range(1, len(positive)):
+            report(callback, i - 1, positive[i - 1], positive[i], view.from_state(ys[i], positive[i]), None)
+        x = view.from_state(ys[-1], positive[-1])
+    if last < len(ts):
+        t = positive[-1]
+        x0 = denoiser(x, t)
+        x = x0 if view.variable == "sigma" else x + (ts[-1] - t) * view.derivative(x0, x, t)
+        report(callback, len(ts) - 2, t, ts[-1], x, x0)
+    return x
