@@ -10,7 +10,7 @@ the same numbers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -31,6 +31,26 @@ def as_generator(generator: GeneratorLike) -> torch.Generator | list[torch.Gener
     return [g if isinstance(g, torch.Generator) else torch.Generator().manual_seed(int(g)) for g in generator]
 
 
+def _draw(
+    draw: Callable[..., torch.Tensor],
+    shape: Sequence[int],
+    generator: GeneratorLike,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+) -> torch.Tensor:
+    """Draw in float64 on the CPU with ``draw`` (torch.randn or torch.rand); row i from generator i if a list."""
+    gen = as_generator(generator)
+    shape = tuple(shape)
+    if isinstance(gen, list):
+        if len(gen) != shape[0]:
+            raise ValueError(f"got {len(gen)} per-sample generators for a batch of {shape[0]}; give one per sample")
+        rows = [draw(shape[1:], generator=g, dtype=torch.float64) for g in gen]
+        out = torch.stack(rows) if rows else torch.empty(shape, dtype=torch.float64)
+    else:
+        out = draw(shape, generator=gen, dtype=torch.float64)
+    return out.to(device=device, dtype=dtype)
+
+
 def randn(
     shape: Sequence[int],
     generator: GeneratorLike = None,
@@ -39,16 +59,7 @@ def randn(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Standard normal draws of ``shape``; with a list of generators, row ``i`` uses generator ``i``."""
-    gen = as_generator(generator)
-    shape = tuple(shape)
-    if isinstance(gen, list):
-        if len(gen) != shape[0]:
-            raise ValueError(f"got {len(gen)} per-sample generators for a batch of {shape[0]}; give one per sample")
-        rows = [torch.randn(shape[1:], generator=g, dtype=torch.float64) for g in gen]
-        out = torch.stack(rows) if rows else torch.empty(shape, dtype=torch.float64)
-    else:
-        out = torch.randn(shape, generator=gen, dtype=torch.float64)
-    return out.to(device=device, dtype=dtype)
+    return _draw(torch.randn, shape, generator, dtype, device)
 
 
 def randn_like(x: torch.Tensor, generator: GeneratorLike = None) -> torch.Tensor:
@@ -64,12 +75,4 @@ def rand(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Uniform [0, 1) draws of ``shape``, with the same per-sample generator rule as :func:`randn`."""
-    gen = as_generator(generator)
-    shape = tuple(shape)
-    if isinstance(gen, list):
-        if len(gen) != shape[0]:
-            raise ValueError(f"got {len(gen)} per-sample generators for a batch of {shape[0]}; give one per sample")
-        out = torch.stack([torch.rand(shape[1:], generator=g, dtype=torch.float64) for g in gen])
-    else:
-        out = torch.rand(shape, generator=gen, dtype=torch.float64)
-    return out.to(device=device, dtype=dtype)
+    return _draw(torch.rand, shape, generator, dtype, device)

@@ -57,6 +57,28 @@ def _needs_gaussian(process: Process, grid: str) -> None:
         raise ValueError(f"the {grid!r} grid spaces times by noise level and needs a Gaussian process, got {process.name!r}")
 
 
+def _level_grid(
+    process: Process,
+    steps: int,
+    t_start: float | None,
+    t_end: float | None,
+    level: Callable[[Tensor], Tensor],
+    time_of_level: Callable[[Tensor], Tensor],
+    name: str,
+) -> Tensor:
+    """``steps`` times uniform in a monotone ``level`` of t between t_start and t_end, then the clean end."""
+    _needs_gaussian(process, name)
+    t0, t1 = _ends(process, t_start, t_end)
+    l0, l1 = level(torch.tensor(t0, dtype=torch.float64)), level(torch.tensor(t1, dtype=torch.float64))
+    if not torch.isfinite(l0):
+        raise ValueError(f"the {name} grid is undefined at t_start={t0:g} (alpha = 0 there); pass t_start < t_max")
+    if steps == 1:
+        return torch.tensor([t0, process.t_min], dtype=torch.float64)
+    times = time_of_level(torch.linspace(float(l0), float(l1), steps, dtype=torch.float64))
+    times[0], times[-1] = t0, t1
+    return _with_clean_end(process, times)
+
+
 @GRIDS.register("karras")
 def karras(
     process: Process, steps: int, *, rho: float = 7.0, t_start: float | None = None, t_end: float | None = None
@@ -66,33 +88,21 @@ def karras(
     sigma~ = sigma/alpha is the noise level of x/alpha, so the grid means the
     same thing for VP, VE and EDM processes.
     """
-    _needs_gaussian(process, "karras")
-    t0, t1 = _ends(process, t_start, t_end)
-    s_max, s_min = float(process.sigma_tilde(t0)), float(process.sigma_tilde(t1))
-    if not torch.isfinite(torch.tensor(s_max)):
-        raise ValueError(f"the karras grid needs a finite sigma/alpha at t_start={t0:g}; pass t_start < t_max")
-    if steps == 1:
-        return torch.tensor([t0, process.t_min], dtype=torch.float64)
-    ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
-    inv = s_max ** (1.0 / rho) + ramp * (s_min ** (1.0 / rho) - s_max ** (1.0 / rho))
-    times = process.t_from_sigma_tilde(inv**rho)
-    times[0], times[-1] = t0, t1
-    return _with_clean_end(process, times)
+    return _level_grid(
+        process,
+        steps,
+        t_start,
+        t_end,
+        lambda t: process.sigma_tilde(t) ** (1.0 / rho),
+        lambda level: process.t_from_sigma_tilde(level**rho),
+        "karras",
+    )
 
 
 @GRIDS.register("logsnr")
 def logsnr(process: Process, steps: int, *, t_start: float | None = None, t_end: float | None = None) -> Tensor:
     """Uniform in log-SNR from t_start to t_end, then clean (DPM-Solver's "logSNR" spacing)."""
-    _needs_gaussian(process, "logsnr")
-    t0, t1 = _ends(process, t_start, t_end)
-    l0, l1 = float(process.log_snr(t0)), float(process.log_snr(t1))
-    if not torch.isfinite(torch.tensor(l0)):
-        raise ValueError(f"the logsnr grid needs a finite log-SNR at t_start={t0:g}; pass t_start < t_max")
-    if steps == 1:
-        return torch.tensor([t0, process.t_min], dtype=torch.float64)
-    times = process.t_from_log_snr(torch.linspace(l0, l1, steps, dtype=torch.float64))
-    times[0], times[-1] = t0, t1
-    return _with_clean_end(process, times)
+    return _level_grid(process, steps, t_start, t_end, process.log_snr, process.t_from_log_snr, "logsnr")
 
 
 def get_grid(name: str, process: Process, steps: int, **options) -> Tensor:

@@ -76,11 +76,15 @@ class GaussianMixture:
         return (x, y) if return_labels else x
 
     # --- the noisy marginal ---------------------------------------------------------------------
-    def _ab(self, x: Tensor, t: float | Tensor, process: GaussianProcess) -> tuple[Tensor, Tensor]:
+    def _ab(self, x: Tensor, t: float | Tensor, process: GaussianProcess | None) -> tuple[Tensor, Tensor]:
+        """(alpha_t, sigma_t) shaped (n|1, 1, 1); the clean data (1, 0) when ``process`` is None."""
+        if process is None:
+            one = torch.ones(1, 1, 1, dtype=torch.float64, device=x.device)
+            return one, torch.zeros_like(one)
         tt = time_tensor(t, x).reshape(-1, 1, 1) if torch.as_tensor(t).ndim else time_tensor(t).reshape(1, 1, 1)
         return process.alpha(tt).to(x.device), process.sigma(tt).to(x.device)
 
-    def _parts(self, x: Tensor, t: float | Tensor, process: GaussianProcess) -> dict[str, Tensor]:
+    def _parts(self, x: Tensor, t: float | Tensor, process: GaussianProcess | None) -> dict[str, Tensor]:
         x = x.to(torch.float64)
         a, b = self._ab(x, t, process)  # (n|1, 1, 1)
         dev = x.device
@@ -93,13 +97,7 @@ class GaussianMixture:
 
     def log_prob(self, x: Tensor, t: float | Tensor = 0.0, process: GaussianProcess | None = None) -> Tensor:
         """log p_t(x) (log p_0 when ``process`` is None)."""
-        p = self._parts(x, t, process) if process is not None else self._parts_clean(x)
-        return torch.logsumexp(p["logits"], -1)
-
-    def _parts_clean(self, x: Tensor) -> dict[str, Tensor]:
-        from ..processes.gaussian import EDMSchedule
-
-        return self._parts(x, 0.0, GaussianProcess(EDMSchedule()))
+        return torch.logsumexp(self._parts(x, t, process)["logits"], -1)
 
     def log_prob_components(self, x: Tensor, t: float | Tensor, process: GaussianProcess) -> Tensor:
         """log pi_k + log N(x; a m_k, C_k), shape (n, K)."""
