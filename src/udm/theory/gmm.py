@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import rng
-from ..denoiser import Denoiser, from_x0
+from ..denoiser import Denoiser, EDMParameterization, from_x0, get_parameterization
 from ..processes.base import time_tensor
 from ..processes.gaussian import GaussianProcess
 
@@ -152,7 +152,7 @@ class GaussianMixture:
         u = rng.rand((n,), gen, dtype=torch.float64, device=x.device)
         k = torch.searchsorted(torch.cumsum(r, -1), u[:, None], right=True).squeeze(-1).clamp_max(r.shape[1] - 1)
         idx = torch.arange(n, device=x.device)
-        z, c, lam = p["z"][idx, k], p["c"][idx, k], p["lam"][k]
+        z, c, lam = p["z"][idx, k], p["c"].expand(n, -1, -1)[idx, k], p["lam"][k]
         a, b = p["a"].reshape(-1, 1), p["b"].reshape(-1, 1)
         U = p["U"][k]
         xi = rng.randn((n, self.dim), gen, dtype=torch.float64, device=x.device)
@@ -186,17 +186,22 @@ class GaussianMixture:
         of the posterior mean (the oracle-posterior test of THEORY §3.3).
         """
         gen = rng.as_generator(generator)
+        kind = "x0" if posterior_sample else prediction
+        param = get_parameterization(kind)
 
-        def net(x: Tensor, t_in: Tensor) -> Tensor:
-            t = _time_from_input(process, prediction, t_in)
-            flat = x.reshape(x.shape[0], -1).to(torch.float64)
+        def net(x_in: Tensor, t_in: Tensor) -> Tensor:
+            t = _time_from_input(process, kind, t_in)
+            flat = x_in.reshape(x_in.shape[0], -1).to(torch.float64)
+            if isinstance(param, EDMParameterization):  # undo x_in = c_in x_t / alpha
+                tt = t.reshape(-1, 1)
+                flat = flat * process.alpha(tt) * torch.sqrt(process.sigma_tilde(tt) ** 2 + param.sigma_data**2)
             if posterior_sample:
                 out = self.posterior_sample(flat, t, process, gen)
             else:
-                out = self.predict(flat, t, process, prediction)
-            return out.reshape(x.shape).to(x.dtype)
+                out = self.predict(flat, t, process, kind)
+            return out.reshape(x_in.shape).to(x_in.dtype)
 
-        return Denoiser(net, process, "x0" if posterior_sample else prediction)
+        return Denoiser(net, process, param)
 
 
 def _time_from_input(process: GaussianProcess, prediction: str, t_in: Tensor) -> Tensor:
