@@ -18,14 +18,14 @@ from .. import rng
 from ..processes.base import Process
 from ..registry import Registry
 from .ancestral import ddim, ddpm, udm, udm_baseline, udm_deterministic
-from .exponential import dpmpp_2m
+from .exponential import dpmpp_2m, dpmpp_3m, unipc
 from .grids import GRIDS, get_grid
 from .ode import euler, heun, rk45
 from .sde import euler_maruyama, pc
 
 Tensor = torch.Tensor
 SAMPLERS: Registry[Callable[..., Tensor]] = Registry("sampler")
-for _fn in (ddpm, ddim, udm, udm_baseline, udm_deterministic, euler, heun, rk45, dpmpp_2m, euler_maruyama, pc):
+for _fn in (ddpm, ddim, udm, udm_baseline, udm_deterministic, euler, heun, rk45, dpmpp_2m, dpmpp_3m, unipc, euler_maruyama, pc):
     SAMPLERS.register(_fn.__name__, _fn)
 
 

@@ -1,23 +1,43 @@
-"""Exponential-integrator multistep solvers of the PF-ODE in half log-SNR (Lu et al. 2022, DPM-Solver++).
+"""Exponential-integrator multistep solvers of the PF-ODE in half log-SNR (DPM-Solver++, UniPC).
 
 With lambda = log(alpha/sigma) and the data prediction x0_hat, the PF-ODE of
-any Gaussian process integrates exactly in its linear part:
+any Gaussian process (THEORY §5.2, O2; §4.1 for DDIM) integrates exactly in
+its linear part (Lu et al. 2022, "DPM-Solver++", eq. 9):
 
     x_s = (sigma_s/sigma_t) x_t + sigma_s * integral_{lambda_t}^{lambda_s} e^lambda x0_hat(lambda) dlambda,
 
 and a multistep method approximates x0_hat(lambda) by a polynomial through
-the last evaluations. Order 1 is DDIM; ``dpmpp_2m`` is DPM-Solver++(2M) with
-the "midpoint" form of diffusers' DPMSolverMultistepScheduler.
+the last evaluations. With h = lambda_s - lambda_t and phi_1(h) = 1 - e^{-h}:
+
+* order 1 is DDIM: x_s = (sigma_s/sigma_t) x_t + alpha_s phi_1 x0_hat_t;
+* ``dpmpp_2m`` is DPM-Solver++(2M) in the "midpoint" form of diffusers'
+  DPMSolverMultistepScheduler; ``dpmpp_3m`` is DPM-Solver++(3M) with the
+  third-order coefficient (the published form, ``diffusers_compat=True``, is
+  second order; see its docstring);
+* ``unipc`` is UniPC (Zhao et al. 2023): the multistep predictor UniP plus
+  the corrector UniC, which re-solves the last step with the evaluation at
+  the new point included, so it raises the order by one at no extra cost.
+
+The step into clean data (sigma_s = 0, lambda_s = +inf) cannot use a
+polynomial in lambda; it is first order (x_0 = x0_hat, "Tweedie"), as in
+DPM-Solver and diffusers, unless ``final_order=2``: then it is an
+Adams-Bashforth step in the VE variable sigma~ = sigma/alpha, where
+y = x/alpha obeys dy/dsigma~ = eps_hat, finite at sigma~ = 0 (THEORY §5.2,
+"mapping VP to VE"); eps_hat is extrapolated linearly from the last two
+evaluations:
+
+    y_0 = y_1 - sigma~_1 e_1 + sigma~_1^2 / (2 (sigma~_2 - sigma~_1)) (e_2 - e_1).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
-from .common import Callback, DenoiseFn, alpha_sigma, report, require_gaussian
 from ..processes.gaussian import GaussianProcess
+from .common import Callback, DenoiseFn, alpha_sigma, report, require_gaussian
 
 Tensor = torch.Tensor
 
@@ -32,6 +52,47 @@ def half_log_snr(process: GaussianProcess, t: float) -> float:
     return math.log(a) - math.log(s)
 
 
+@dataclass
+class _Eval:
+    """One denoiser evaluation: where it was made and what it returned (eps_hat at the evaluated state)."""
+
+    lam: float
+    alpha: float
+    sigma: float
+    x0: Tensor
+    eps: Tensor
+
+
+def _evaluate(denoiser: DenoiseFn, p: GaussianProcess, x: Tensor, t: float) -> _Eval:
+    a, s = alpha_sigma(p, t)
+    x0 = denoiser(x, t)
+    eps = (x - a * x0) / s if s > 0 else torch.zeros_like(x)
+    return _Eval(half_log_snr(p, t), a, s, x0, eps)
+
+
+def _check_final_order(final_order: int) -> None:
+    if final_order not in (1, 2):
+        raise ValueError(f"final_order must be 1 (x0_hat) or 2 (Adams-Bashforth in sigma/alpha), got {final_order}")
+
+
+def _final_step(x: Tensor, hist: list[_Eval], a_s: float, final_order: int) -> Tensor:
+    """The step into clean data: x0_hat of the last evaluation, or AB2 in sigma~ (module docstring)."""
+    last = hist[-1]
+    if final_order == 1 or len(hist) < 2 or not math.isfinite(hist[-2].lam):
+        return a_s * last.x0
+    u1, u2 = last.sigma / last.alpha, hist[-2].sigma / hist[-2].alpha
+    y = x / last.alpha - u1 * last.eps + (0.5 * u1 * u1 / (u2 - u1)) * (hist[-2].eps - last.eps)
+    return a_s * y
+
+
+def _usable(hist: list[_Eval], order: int) -> int:
+    """The largest order <= ``order`` whose history points all have a finite lambda (alpha > 0)."""
+    k = 1
+    while k < min(order, len(hist)) and math.isfinite(hist[-1 - k].lam):
+        k += 1
+    return k
+
+
 def dpmpp_2m(
     denoiser: DenoiseFn,
     process: GaussianProcess,
@@ -39,30 +100,205 @@ def dpmpp_2m(
     times: Tensor,
     *,
     lower_order_final: bool = True,
+    final_order: int = 1,
     callback: Callback = None,
 ) -> Tensor:
     """DPM-Solver++(2M): second-order multistep in lambda, data prediction (Lu et al. 2022, Alg. 2).
 
-    The first step, any step into clean data, and (``lower_order_final``, as in
-    diffusers when there are fewer than 15 steps) the last step are first order.
+    With r = h_prev / h the step uses D = (1 + 1/(2r)) x0_hat_t - 1/(2r) x0_hat_prev
+    in place of x0_hat_t ("midpoint" form). The first step, the step into
+    clean data (see ``final_order``) and, with ``lower_order_final`` as in
+    diffusers when there are fewer than 15 steps, the last step are first order.
     """
     p = require_gaussian(process, "dpmpp_2m")
+    _check_final_order(final_order)
     ts = times.tolist()
     n = len(ts) - 1
-    x0_prev, h_prev = None, None
+    hist: list[_Eval] = []
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        x0 = denoiser(x, t)
+        hist = [*hist[-1:], _evaluate(denoiser, p, x, t)]
         a_s, s_s = alpha_sigma(p, s)
-        _, s_t = alpha_sigma(p, t)
-        h = half_log_snr(p, s) - half_log_snr(p, t)
-        phi = -math.expm1(-h)  # 1 - e^{-h}
-        first_order = x0_prev is None or s_s == 0.0 or (lower_order_final and i == n - 1 and n < 15)
-        if first_order or not math.isfinite(h_prev):
-            d = x0
+        if s_s == 0.0:
+            x = _final_step(x, hist, a_s, final_order)
         else:
-            r = h_prev / h
-            d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-        x = (s_s / s_t) * x + (a_s * phi) * d
-        report(callback, i, t, s, x, x0)
-        x0_prev, h_prev = x0, h
+            cur = hist[-1]
+            h = half_log_snr(p, s) - cur.lam
+            phi = -math.expm1(-h)
+            d = cur.x0
+            if _usable(hist, 2) == 2 and not (lower_order_final and i == n - 1 and n < 15):
+                r = (cur.lam - hist[-2].lam) / h
+                d = (1 + 0.5 / r) * cur.x0 - (0.5 / r) * hist[-2].x0
+            x = (s_s / cur.sigma) * x + (a_s * phi) * d
+        report(callback, i, t, s, x, hist[-1].x0)
+    return x
+
+
+def dpmpp_3m(
+    denoiser: DenoiseFn,
+    process: GaussianProcess,
+    x: Tensor,
+    times: Tensor,
+    *,
+    lower_order_final: bool = True,
+    final_order: int = 1,
+    diffusers_compat: bool = False,
+    callback: Callback = None,
+) -> Tensor:
+    """DPM-Solver++(3M): third-order multistep in lambda, data prediction (Lu et al. 2022).
+
+    With m0, m1, m2 the last three x0_hat, h = lambda_s - lambda_t, r0 = h_0/h, r1 = h_1/h
+    (h_0, h_1 the previous two steps) and phi_1 = 1 - e^{-h}:
+
+        D1_0 = (m0 - m1)/r0,  D1_1 = (m1 - m2)/r1,
+        D1 = D1_0 + r0/(r0 + r1) (D1_0 - D1_1) ~ h x0',  D2 = (D1_0 - D1_1)/(r0 + r1) ~ h^2 x0''/2,
+        x_s = (sigma_s/sigma_t) x_t + alpha_s [phi_1 m0 + (1 - phi_1/h) D1 + c D2],
+        c = 1 - 2 (h - phi_1)/h^2,
+
+    since integral_0^h e^{u-h} u^2/2 du = (h^2 - 2h + 2 phi_1)/2 (exact for quadratic x0(lambda)).
+    The published implementations (LuChengTHU/dpm-solver, diffusers'
+    DPMSolverMultistepScheduler, k-diffusion) use c/2 = 1/2 - (h - phi_1)/h^2,
+    which is only second order; ``diffusers_compat=True`` reproduces them.
+
+    Start-up is order 1, then 2, then 3. The step into clean data is order
+    ``final_order``; with ``lower_order_final`` and fewer than 15 steps the
+    last two steps are orders 1 and 2 (diffusers' schedule).
+    """
+    p = require_gaussian(process, "dpmpp_3m")
+    _check_final_order(final_order)
+    ts = times.tolist()
+    n = len(ts) - 1
+    hist: list[_Eval] = []
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        hist = [*hist[-2:], _evaluate(denoiser, p, x, t)]
+        a_s, s_s = alpha_sigma(p, s)
+        if s_s == 0.0:
+            x = _final_step(x, hist, a_s, final_order)
+            report(callback, i, t, s, x, hist[-1].x0)
+            continue
+        order = _usable(hist, 3)
+        if lower_order_final and n < 15:
+            order = min(order, n - i)
+        m0 = hist[-1]
+        h = half_log_snr(p, s) - m0.lam
+        phi = -math.expm1(-h)
+        update = phi * m0.x0
+        if order >= 2:
+            r0 = (m0.lam - hist[-2].lam) / h
+            d1_0 = (m0.x0 - hist[-2].x0) / r0
+            if order == 2:
+                update = update + (0.5 * phi) * d1_0
+            else:
+                r1 = (hist[-2].lam - hist[-3].lam) / h
+                d1_1 = (hist[-2].x0 - hist[-3].x0) / r1
+                d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                c2 = 0.5 - (h - phi) / (h * h)
+                update = update + (1 - phi / h) * d1 + (c2 if diffusers_compat else 2.0 * c2) * d2
+        x = (s_s / m0.sigma) * x + a_s * update
+        report(callback, i, t, s, x, m0.x0)
+    return x
+
+
+def _unipc_rhos(rks: list[float], h: float, variant: str, corrector: bool) -> tuple[list[float], float]:
+    """UniPC's coefficients rho and B(h) for data prediction (Zhao et al. 2023, Alg. 2 and eq. 8).
+
+    With hh = -h, phi_1 = e^{hh} - 1 and the recursion phi_{k+1} = phi_k/hh - 1/(k+1)!
+    (phi_1/hh - 1 to start), solve R rho = b where R_{ij} = r_j^{i-1} and
+    b_i = i! phi_{i+1}/B(h); B(h) = hh ("bh1") or e^{hh} - 1 ("bh2"). The
+    predictor drops the last row and column (r = 1 is the new point) and uses
+    rho = 1/2 for order 2; the corrector keeps them and uses rho = 1/2 for order 1.
+    """
+    hh = -h
+    b_h = hh if variant == "bh1" else math.expm1(hh)
+    order = len(rks)
+    if (corrector and order == 1) or (not corrector and order == 2):
+        return [0.5], b_h
+    phi_k = math.expm1(hh) / hh - 1.0
+    fact, b = 1.0, []
+    for i in range(1, order + 1):
+        b.append(phi_k * fact / b_h)
+        fact *= i + 1
+        phi_k = phi_k / hh - 1.0 / fact
+    m = order if corrector else order - 1
+    if m == 0:
+        return [], b_h
+    r = torch.tensor([[rk**i for rk in rks[:m]] for i in range(m)], dtype=torch.float64)
+    rho = torch.linalg.solve(r, torch.tensor(b[:m], dtype=torch.float64))
+    return rho.tolist(), b_h
+
+
+def _unipc_update(
+    x: Tensor, base: _Eval, older: list[_Eval], a_s: float, s_s: float, lam_s: float, variant: str, new_x0: Tensor | None
+) -> Tensor:
+    """One UniP (``new_x0`` None) or UniC step from ``base`` to lambda_s using the ``older`` evaluations (newest first).
+
+    x_s = (sigma_s/sigma_t) x_t + alpha_s phi_1 m0 - alpha_s B(h) sum_k rho_k D_k with
+    D_k = (m_k - m0)/r_k and r_k = (lambda_k - lambda_t)/h for the older points,
+    plus D = m_new - m0 (r = 1) for the corrector.
+    """
+    h = lam_s - base.lam
+    rks = [(e.lam - base.lam) / h for e in older] + [1.0]
+    ds = [(e.x0 - base.x0) / rk for e, rk in zip(older, rks)]
+    if new_x0 is not None:
+        ds.append(new_x0 - base.x0)
+    rhos, b_h = _unipc_rhos(rks, h, variant, corrector=new_x0 is not None)
+    x = (s_s / base.sigma) * x + (a_s * -math.expm1(-h)) * base.x0
+    if ds:
+        x = x - (a_s * b_h) * sum(rho * d for rho, d in zip(rhos, ds))
+    return x
+
+
+def unipc(
+    denoiser: DenoiseFn,
+    process: GaussianProcess,
+    x: Tensor,
+    times: Tensor,
+    *,
+    order: int = 2,
+    variant: str = "bh2",
+    corrector: bool = True,
+    lower_order_final: bool = True,
+    final_order: int = 1,
+    callback: Callback = None,
+) -> Tensor:
+    """UniPC-p (Zhao et al. 2023): multistep predictor UniP-p plus corrector UniC-p, data prediction.
+
+    After each evaluation x0_hat(x_i, t_i), UniC re-solves the step t_{i-1} -> t_i
+    with that evaluation included (order p + 1) and the result replaces x_i; the
+    evaluation itself is not repeated, so the corrector costs no extra NFE. On a
+    grid ending at a positive time with ``lower_order_final=False``, UniPC-p
+    converges with order p + 1 (tests/test_diffusers_parity.py).
+
+    ``variant`` picks UniPC's B(h) = h ("bh1") or e^h - 1 ("bh2"), evaluated at
+    -h for data prediction. The order warms up 1, 2, ..., p; with
+    ``lower_order_final`` the last steps are capped by the number of steps
+    left, as in diffusers' UniPCMultistepScheduler; the step into clean data is
+    order ``final_order`` (module docstring). The defaults reproduce diffusers;
+    for few-step unconditional sampling benchmarks/RESULTS.md recommends
+    order=3, variant="bh1" below 10 steps, final_order=2 and grid="quadratic".
+    """
+    p = require_gaussian(process, "unipc")
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}")
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
+    _check_final_order(final_order)
+    ts = times.tolist()
+    n = len(ts) - 1
+    hist: list[_Eval] = []
+    x_prev, prev_order = x, 1
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        ev = _evaluate(denoiser, p, x, t)
+        if corrector and hist and math.isfinite(hist[-1].lam):
+            base, older = hist[-1], hist[-prev_order:-1][::-1]
+            x = _unipc_update(x_prev, base, older, ev.alpha, ev.sigma, ev.lam, variant, ev.x0)
+        hist = [*hist[-max(order, 2) + 1 :], ev]
+        a_s, s_s = alpha_sigma(p, s)
+        if s_s == 0.0:
+            x = _final_step(x, hist, a_s, final_order)
+        else:
+            k = min(min(order, n - i) if lower_order_final else order, _usable(hist, order))
+            x_prev, prev_order = x, k
+            x = _unipc_update(x, ev, hist[-k:-1][::-1], a_s, s_s, half_log_snr(p, s), variant, None)
+        report(callback, i, t, s, x, ev.x0)
     return x
