@@ -15,7 +15,9 @@ Error: RMS over samples and coordinates, sqrt(mean |x - x_ref|^2 / d). NFE count
 every call of the eps function (Heun: 2 per step, minus one on the final Euler step).
 
 Run: ``python benchmarks/samplers.py`` (about 20 s on 2 CPU cores);
-``--quick`` for a smoke run; ``--help`` for the options.
+``--quick`` for a smoke run; ``--help`` for the options. ``--optimized`` adds
+rows whose grid :func:`udm.samplers.optimize_grid` fits per (dimension, NFE) on
+pilot x_T drawn with a seed disjoint from the evaluation x_T (a few minutes).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 
 import udm
 from udm.processes.gaussian import EDMSchedule, GaussianProcess
+from udm.samplers import optimize_grid
 from udm.theory import GaussianMixture
 
 Tensor = torch.Tensor
@@ -159,6 +162,66 @@ def recipe() -> Method:
     return Method("udm recipe: unipc-3, bh1 if < 10 steps, final AB2 (quadratic)", run, tags=["udm", "recipe"])
 
 
+@dataclass
+class Pilot:
+    """Where optimized grids are fitted: pilot x_T from their own seed, on mixture ``mixture_seed``.
+
+    The pilot x_T seed differs from every evaluation seed (the benchmark draws x_T
+    with mixture seed + 1), so a fitted grid is judged on noise it has not seen.
+    """
+
+    samples: int = 2048
+    seed: int = 12345
+    mixture_seed: int = 0
+    nfe: tuple[int, ...] = (5, 10)
+    grids: dict[tuple[str, int, int], Tensor] = field(default_factory=dict)
+    references: dict[int, Tensor] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)
+
+
+def optimized_method(name: str, sampler: str, pilot: Pilot, **options: object) -> Method:
+    """``sampler`` on a grid fitted by ``optimize_grid`` to the pilot batch, once per (dimension, steps).
+
+    Columns whose NFE is not in ``pilot.nfe`` are left empty (NaN)."""
+
+    def run(gmm: GaussianMixture, x_T: Tensor, steps: int) -> tuple[Tensor, int]:
+        if steps not in pilot.nfe:
+            return torch.full_like(x_T, math.nan), steps
+        d = gmm.dim
+        key = (name, d, steps)
+        if key not in pilot.grids:
+            fit_gmm = make_gmm(d, pilot.mixture_seed)
+            x_pilot = torch.randn(pilot.samples, d, generator=torch.Generator().manual_seed(pilot.seed), dtype=torch.float64)
+            t0 = time.perf_counter()
+            grid, info = optimize_grid(
+                fit_gmm.denoiser(PROC, "eps"), sampler, steps, x_pilot,
+                reference=pilot.references.get(d), return_info=True, **options,
+            )
+            pilot.references[d] = info["reference"]
+            pilot.grids[key] = grid
+            sig = ", ".join(f"{float(s):.3g}" for s in PROC.sigma_tilde(grid)[1:-1])
+            pilot.log.append(
+                f"# {name}, {d}-D, {steps} steps: pilot RMS {math.sqrt(info['mse_init']):.3e} (quadratic) -> "
+                f"{math.sqrt(info['mse']):.3e}, {info['evals']} runs, {time.perf_counter() - t0:.0f}s; interior sigma~ [{sig}]"
+            )
+        den = gmm.denoiser(PROC, "eps")
+        out, info = udm.sample(den, sampler=sampler, times=pilot.grids[key], x_T=x_T, dtype=torch.float64, return_info=True, **options)
+        return out, info["nfe"]
+
+    return Method(name, run, tags=["udm", "optimized"])
+
+
+def optimized_methods(pilot: Pilot) -> list[Method]:
+    tag = "optimized grid (pilot seeds disjoint)"
+    return [
+        optimized_method(f"udm unipc-3, final AB2, {tag}", "unipc", pilot, order=3, final_order=2),
+        optimized_method(f"udm dpmpp_3m, final AB2, {tag}", "dpmpp_3m", pilot, final_order=2),
+        # UniPC-3 with bh2 and a first-order step into clean data, the method of diffusers' UniPC-3 row:
+        # how much the fitted grid gives without udm's AB2 final step
+        optimized_method(f"udm unipc-3 (bh2, first-order final step), {tag}", "unipc", pilot, order=3),
+    ]
+
+
 def heun_steps(nfe: int) -> int:
     """Heun with n steps costs 2n - 1 evaluations (the last step into sigma = 0 is Euler): the most that fit."""
     return max((nfe + 1) // 2, 1)
@@ -209,7 +272,13 @@ def rms(a: Tensor, b: Tensor) -> float:
 
 
 def run(args: argparse.Namespace) -> str:
-    rows = [m for m in methods() if not args.only or any(s in m.name for s in args.only)]
+    pilot = None
+    candidates = methods()
+    if args.optimized:
+        mixture_seed = args.seed if args.pilot_mixture_seed is None else args.pilot_mixture_seed
+        pilot = Pilot(args.pilot_samples, args.pilot_seed, mixture_seed, tuple(args.opt_nfe))
+        candidates += optimized_methods(pilot)
+    rows = [m for m in candidates if not args.only or any(s in m.name for s in args.only)]
     cols = [(d, n) for d in args.dims for n in args.nfe]
     results: dict[str, dict[tuple[int, int], tuple[float, int]]] = {m.name: {} for m in rows}
     for d in args.dims:
@@ -222,20 +291,33 @@ def run(args: argparse.Namespace) -> str:
             for n in args.nfe:
                 out, nfe = m.run(gmm, x_T, m.steps_for(n))
                 results[m.name][(d, n)] = (rms(out, ref), nfe)
+        if pilot is not None:
+            print("\n".join(pilot.log), flush=True)
+            pilot.log.clear()
     header = "| method | " + " | ".join(f"{d}-D, NFE {n}" for d, n in cols) + " |"
     lines = [header, "|" + "---|" * (len(cols) + 1)]
     for m in rows:
         cells = []
         for c in cols:
             err, nfe = results[m.name][c]
-            cells.append(f"{err:.2e}" + ("" if nfe == c[1] else f" ({nfe})"))
+            cells.append("n/a" if math.isnan(err) else f"{err:.2e}" + ("" if nfe == c[1] else f" ({nfe})"))
         lines.append(f"| {m.name} | " + " | ".join(cells) + " |")
-    best: dict[str, list[float]] = {}
+
+    def best_of(keep: Callable[[Method], bool]) -> list[float]:
+        return [min((e for m in rows if keep(m) and not math.isnan(e := results[m.name][c][0])), default=math.nan) for c in cols]
+
+    def fmt(values: list[float], spec: str) -> str:
+        return " | ".join("n/a" if math.isnan(v) else format(v, spec) for v in values)
+
+    best = {tag: best_of(lambda m, tag=tag: tag in m.tags) for tag in ("udm", "diffusers")}
+    fixed_grids = best_of(lambda m: "udm" in m.tags and "optimized" not in m.tags)
+    tuned = best_of(lambda m: "optimized" in m.tags)
     for tag in ("udm", "diffusers"):
-        best[tag] = [min((results[m.name][c][0] for m in rows if tag in m.tags), default=math.nan) for c in cols]
-        lines.append(f"| best {tag} | " + " | ".join(f"{v:.2e}" for v in best[tag]) + " |")
-    ratios = [u / v for u, v in zip(best["udm"], best["diffusers"])]
-    lines.append("| best udm / best diffusers | " + " | ".join(f"{r:.2f}" for r in ratios) + " |")
+        lines.append(f"| best {tag} | " + fmt(best[tag], ".2e") + " |")
+    lines.append("| best udm / best diffusers | " + fmt([u / v for u, v in zip(best["udm"], best["diffusers"])], ".2f") + " |")
+    if any("optimized" in m.tags for m in rows):
+        lines.append("| best udm, fixed grids / best diffusers | " + fmt([u / v for u, v in zip(fixed_grids, best["diffusers"])], ".2f") + " |")
+        lines.append("| best udm, optimized grid / best diffusers | " + fmt([u / v for u, v in zip(tuned, best["diffusers"])], ".2f") + " |")
     fixed = [m for m in rows if "recipe" in m.tags]
     if fixed:
         ratios = [results[fixed[0].name][c][0] / v for c, v in zip(cols, best["diffusers"])]
@@ -251,10 +333,24 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the mixture (x_T uses seed + 1)")
     parser.add_argument("--rtol", type=float, default=1e-10, help="dopri5 tolerance of the reference (default 1e-10)")
     parser.add_argument("--only", nargs="*", help="keep only methods whose name contains one of these strings")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 64 samples, NFE 5 and 10, reference rtol 1e-7")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 64 samples, NFE 5 and 10, reference rtol 1e-7 (128 pilot x_T)"
+    )
+    opt = parser.add_argument_group("optimized grids (udm.samplers.optimize_grid)")
+    opt.add_argument("--optimized", action="store_true", help="add rows whose grid is fitted on pilot x_T (a few minutes)")
+    opt.add_argument("--pilot-samples", type=int, default=2048, help="pilot x_T draws per dimension (default 2048)")
+    opt.add_argument("--pilot-seed", type=int, default=12345, help="seed of the pilot x_T (default 12345, disjoint from --seed + 1)")
+    opt.add_argument(
+        "--pilot-mixture-seed", type=int, default=None,
+        help="fit the grids on this mixture instead of --seed's (a transfer test between mixtures)",
+    )
+    opt.add_argument("--opt-nfe", type=int, nargs="+", default=[5, 10], help="NFEs whose grid is fitted (default 5 10; others n/a)")
     args = parser.parse_args()
+    if args.optimized and args.pilot_seed == args.seed + 1:
+        parser.error(f"--pilot-seed {args.pilot_seed} is the evaluation x_T seed (--seed + 1); pick a disjoint seed")
     if args.quick:
         args.samples, args.nfe, args.rtol = 64, [5, 10], 1e-7
+        args.pilot_samples = min(args.pilot_samples, 128)
     warnings.filterwarnings("ignore", module="diffusers")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     print(run(args))

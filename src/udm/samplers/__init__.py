@@ -22,6 +22,7 @@ from .exponential import dpmpp_2m, dpmpp_3m, unipc
 from .grids import GRIDS, get_grid
 from .ode import euler, heun, rk45
 from .sde import euler_maruyama, pc
+from .tuning import optimize_grid
 
 Tensor = torch.Tensor
 SAMPLERS: Registry[Callable[..., Tensor]] = Registry("sampler")
@@ -124,4 +125,4 @@ def _sampler_options(name: str, fn: Callable[..., Tensor], gen: Any, options: di
     ) else options
 
 
-__all__ = ["GRIDS", "SAMPLERS", "get_grid", "sample"]
+__all__ = ["GRIDS", "SAMPLERS", "get_grid", "optimize_grid", "sample"]
