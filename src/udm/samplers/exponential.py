@@ -111,26 +111,7 @@ def dpmpp_2m(
     diffusers when there are fewer than 15 steps, the last step are first order.
     """
     p = require_gaussian(process, "dpmpp_2m")
-    _check_final_order(final_order)
-    ts = times.tolist()
-    n = len(ts) - 1
-    hist: list[_Eval] = []
-    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        hist = [*hist[-1:], _evaluate(denoiser, p, x, t)]
-        a_s, s_s = alpha_sigma(p, s)
-        if s_s == 0.0:
-            x = _final_step(x, hist, a_s, final_order)
-        else:
-            cur = hist[-1]
-            h = half_log_snr(p, s) - cur.lam
-            phi = -math.expm1(-h)
-            d = cur.x0
-            if _usable(hist, 2) == 2 and not (lower_order_final and i == n - 1 and n < 15):
-                r = (cur.lam - hist[-2].lam) / h
-                d = (1 + 0.5 / r) * cur.x0 - (0.5 / r) * hist[-2].x0
-            x = (s_s / cur.sigma) * x + (a_s * phi) * d
-        report(callback, i, t, s, x, hist[-1].x0)
-    return x
+    return _dpmpp_multistep(denoiser, p, x, times, 2, lower_order_final, final_order, False, callback)
 
 
 def dpmpp_3m(
@@ -164,18 +145,36 @@ def dpmpp_3m(
     last two steps are orders 1 and 2 (diffusers' schedule).
     """
     p = require_gaussian(process, "dpmpp_3m")
+    return _dpmpp_multistep(denoiser, p, x, times, 3, lower_order_final, final_order, diffusers_compat, callback)
+
+
+def _dpmpp_multistep(
+    denoiser: DenoiseFn,
+    p: GaussianProcess,
+    x: Tensor,
+    times: Tensor,
+    max_order: int,
+    lower_order_final: bool,
+    final_order: int,
+    diffusers_compat: bool,
+    callback: Callback,
+) -> Tensor:
+    """The DPM-Solver++ multistep loop up to ``max_order`` (2 or 3; formulas in :func:`dpmpp_3m`).
+
+    Order 2 here is the "midpoint" 2M step: phi_1 (m0 + (m0 - m1)/(2 r0)).
+    """
     _check_final_order(final_order)
     ts = times.tolist()
     n = len(ts) - 1
     hist: list[_Eval] = []
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        hist = [*hist[-2:], _evaluate(denoiser, p, x, t)]
+        hist = [*hist[-(max_order - 1) :], _evaluate(denoiser, p, x, t)]
         a_s, s_s = alpha_sigma(p, s)
         if s_s == 0.0:
             x = _final_step(x, hist, a_s, final_order)
             report(callback, i, t, s, x, hist[-1].x0)
             continue
-        order = _usable(hist, 3)
+        order = _usable(hist, max_order)
         if lower_order_final and n < 15:
             order = min(order, n - i)
         m0 = hist[-1]
