@@ -1,0 +1,48 @@
+"""Data sets as in-memory tensors: 2-D toys, digits, MNIST-format IDX files, image folders, numpy files.
+
+``load_dataset(name, **options)`` looks ``name`` up in ``DATASETS`` and
+returns a :class:`Dataset` (``x`` float ``(N, *shape)``, images ``(N, C, H, W)``
+in [-1, 1]; optional int64 labels ``y``). Registered names:
+
+* toys (:mod:`udm.data.toys`): ``two_moons``, ``eight_gaussians``,
+  ``checkerboard``, ``swiss_roll``, ``rings``: ``(n, seed, noise)``; another
+  ``seed`` is an independent fresh sample;
+* ``digits``: scikit-learn's bundled 8x8 digits;
+* ``mnist``: MNIST-format IDX files (``path``, ``split``, ``limit``);
+* ``image_folder``: PNG/JPEG files, labels from class sub-folders
+  (``path``, ``size``, ``channels``);
+* ``array``: ``.npy`` / ``.npz`` files (``path``, ``key``, ``kind``).
+"""
+
+from .arrays import array
+from .base import DATASETS, KINDS, Dataset, from_uint8, load_dataset, loader_options, to_uint8
+from .images import IMAGE_SUFFIXES, digits, image_folder
+from .idx import DATA_ENV, default_data_dir, find_mnist, mnist, mnist_files, mnist_search_dirs, read_idx
+from .toys import TOYS, checkerboard, eight_gaussians, rings, swiss_roll, two_moons
+
+__all__ = [
+    "DATASETS",
+    "DATA_ENV",
+    "IMAGE_SUFFIXES",
+    "KINDS",
+    "TOYS",
+    "Dataset",
+    "array",
+    "checkerboard",
+    "default_data_dir",
+    "digits",
+    "eight_gaussians",
+    "find_mnist",
+    "from_uint8",
+    "image_folder",
+    "load_dataset",
+    "loader_options",
+    "mnist",
+    "mnist_files",
+    "mnist_search_dirs",
+    "read_idx",
+    "rings",
+    "swiss_roll",
+    "to_uint8",
+    "two_moons",
+]
