@@ -5,7 +5,8 @@ A sampler draws its noise through :func:`randn`. Given a list of generators
 its noise from generator ``i`` alone, so the same seed yields the same sample
 whether it is drawn alone or inside a batch of 64 (issue: per-sample seeds).
 Draws are made on the CPU in float64 and then moved, so CPU and GPU runs see
-the same numbers.
+the same numbers. The one exception is a single generator that lives on an
+accelerator (training draws its noise there): it draws in place, at full speed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def _draw(
     """Draw in float64 on the CPU with ``draw`` (torch.randn or torch.rand); row i from generator i if a list."""
     gen = as_generator(generator)
     shape = tuple(shape)
+    if isinstance(gen, torch.Generator) and gen.device.type != "cpu":
+        return draw(shape, generator=gen, dtype=dtype, device=gen.device)
     if isinstance(gen, list):
         if len(gen) != shape[0]:
             raise ValueError(f"got {len(gen)} per-sample generators for a batch of {shape[0]}; give one per sample")
