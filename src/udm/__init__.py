@@ -9,15 +9,19 @@ that estimate (the Sampler). The public API:
 * :class:`udm.Denoiser` and :func:`udm.convert`: parameterizations (eps, x0, v, score, velocity, edm);
 * :func:`udm.sample` with ``udm.SAMPLERS`` and ``udm.GRIDS``;
 * :mod:`udm.theory`: exact references (Gaussian mixtures, point masses);
-* :mod:`udm.metrics`: distances between samples.
+* :mod:`udm.metrics`: distances between samples;
+* :mod:`udm.nets`, :mod:`udm.losses`, :mod:`udm.data`, :mod:`udm.training`:
+  networks, objectives, datasets and the trainer (``udm.viz`` for plots,
+  ``udm.cli`` for the ``udm`` command).
 """
 
-from . import kernels, metrics, processes, rng, theory
+__version__ = "0.1.0"
+
+from . import data, kernels, losses, metrics, nets, processes, rng, theory, training
 from .denoiser import PARAMETERIZATIONS, Denoiser, Parameterization, convert, from_x0, to_x0
 from .processes import PROCESSES, GaussianProcess, NotInvertible, Process, get_process
 from .samplers import GRIDS, SAMPLERS, get_grid, sample
 
-__version__ = "0.1.0"
 
 __all__ = [
     "GRIDS",
@@ -33,8 +37,12 @@ __all__ = [
     "from_x0",
     "get_grid",
     "get_process",
+    "data",
     "kernels",
+    "losses",
     "metrics",
+    "nets",
+    "training",
     "theory",
     "processes",
     "rng",

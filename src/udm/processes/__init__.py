@@ -6,6 +6,7 @@ each entry is a factory taking the schedule's keyword arguments.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from ..registry import Registry
@@ -26,8 +27,21 @@ from .gaussian import (
 
 PROCESSES: Registry[Callable[..., Process]] = Registry("process")
 
+
+
+def _gaussian_factory(schedule: type[Schedule]) -> Callable[..., Process]:
+    """``GaussianProcess(schedule(**options))``, with the schedule's signature so options can be validated."""
+
+    def build(**options) -> Process:
+        return GaussianProcess(schedule(**options))
+
+    build.__signature__ = inspect.signature(schedule)
+    build.__doc__ = schedule.__doc__
+    return build
+
+
 for _schedule in (DDPMSchedule, VPLinearSchedule, VPCosineSchedule, SubVPSchedule, VESchedule, EDMSchedule, RectifiedFlowSchedule):
-    PROCESSES.register(_schedule.name, lambda _s=_schedule, **kw: GaussianProcess(_s(**kw)))
+    PROCESSES.register(_schedule.name, _gaussian_factory(_schedule))
 
 
 def get_process(name: str, **kwargs) -> Process:

@@ -1,0 +1,219 @@
+"""The ``udm`` command: train, sample, eval, list, demo (``python -m udm`` is the same).
+
+Every user error (a bad config key, a missing file, a damaged checkpoint, data
+the network cannot take) ends in one line ``udm: error: ...`` on stderr and
+exit status 2, and nothing half-written is left: outputs are written through
+temporary files and renames, and output folders are created only once the
+inputs have been checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def bundled_configs() -> list[str]:
+    """Names of the configs shipped with udm (``udm train NAME`` finds them)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def find_config(name: str) -> Path:
+    """A config path: the file itself, or a bundled config by name."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    bundled = CONFIG_DIR / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and bundled.is_file() and len(path.parts) <= 2:
+        return bundled
+    raise ConfigError(f"config {name!r} not found: give a YAML file or one of the bundled configs: {', '.join(bundled_configs())}")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.steps=10", "process.name=vp"]`` -> ``{"train.steps": 10, ...}`` (values parsed as YAML)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.steps=100), got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _write_samples(x, out: Path, reference=None, meta: dict[str, str] | None = None) -> list[Path]:
+    """samples.png (grid or scatter) and samples.safetensors (the raw tensor) in ``out``."""
+    from safetensors.torch import save
+
+    from .training.checkpoint import write_atomic
+    from .viz import save_image_grid, scatter_plot
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if x.ndim == 4:
+        written.append(save_image_grid(x, out / "samples.png"))
+    elif x.ndim == 2 and x.shape[1] == 2:
+        written.append(scatter_plot(x, out / "samples.png", reference=reference))
+    write_atomic(out / "samples.safetensors", save({"samples": x.contiguous()}, metadata=meta))
+    written.append(out / "samples.safetensors")
+    return written
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training import Trainer, distributed
+
+    overrides = parse_overrides(args.set)
+    if args.steps is not None:
+        overrides["train.steps"] = args.steps
+    if args.device is not None:
+        overrides["train.device"] = args.device
+    config = load_config(find_config(args.config), overrides)
+    out = Path(args.out or Path("runs") / config["name"])
+    info = distributed.init(config["train"]["device"])
+    try:
+        trainer = Trainer(config, out, resume=args.resume, progress=not args.quiet, dist_info=info)
+        summary = trainer.train()
+    finally:
+        distributed.shutdown()
+    if info.is_main:
+        print(json.dumps({"out": str(out), **summary}))
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    from .training import load_trained
+
+    return load_trained(args.checkpoint, use_ema=not args.raw_weights, device=args.device)
+
+
+def _run_dir(ckpt_path: Path) -> Path:
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .evaluate import draw_samples
+    from .samplers import SAMPLERS
+
+    SAMPLERS.get(args.sampler)
+    if args.n < 1 or args.steps < 1:
+        raise ConfigError(f"--n and --steps must be >= 1, got n={args.n}, steps={args.steps}")
+    denoiser, ckpt = _load(args)
+    shape = tuple(ckpt.meta["data"]["shape"])
+    x, nfe = draw_samples(denoiser, shape, args.n, args.sampler, args.steps, seed=args.seed, grid=args.grid, device=args.device)
+    out = Path(args.out or _run_dir(ckpt.path) / f"samples_step{ckpt.step}_{args.sampler}_{args.steps}")
+    meta = {"checkpoint": str(ckpt.path), "sampler": args.sampler, "steps": str(args.steps), "nfe": str(nfe), "seed": str(args.seed)}
+    for path in _write_samples(x, out, meta=meta):
+        print(path)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import draw_samples, sample_metrics
+    from .training import build_data
+    from .training.checkpoint import write_atomic
+
+    denoiser, ckpt = _load(args)
+    sc = ckpt.config["sample"]
+    sampler, steps = args.sampler or sc["sampler"], args.steps or sc["steps"]
+    train, test = build_data(ckpt.config)
+    n = min(args.n or sc["eval_n"], len(test))
+    x, nfe = draw_samples(denoiser, tuple(train.shape), n, sampler, steps, seed=args.seed, grid=sc["grid"], device=args.device)
+    metrics = {"checkpoint": str(ckpt.path), "step": ckpt.step, "sampler": sampler, "steps": steps, "nfe": nfe}
+    metrics.update(sample_metrics(x, test, train))
+    text = json.dumps(metrics, indent=1)
+    print(text)
+    if args.out:
+        write_atomic(Path(args.out), text.encode())
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .data import DATASETS
+    from .denoiser import PARAMETERIZATIONS
+    from .losses import TIME_SAMPLERS, WEIGHTINGS
+    from .nets import NETWORKS
+    from .processes import PROCESSES
+    from .samplers import GRIDS, SAMPLERS
+
+    rows = [
+        ("processes", PROCESSES.names()),
+        ("parameterizations", PARAMETERIZATIONS.names()),
+        ("samplers", SAMPLERS.names()),
+        ("grids", GRIDS.names()),
+        ("networks", NETWORKS.names()),
+        ("datasets", DATASETS.names()),
+        ("time samplers", TIME_SAMPLERS.names()),
+        ("loss weightings", list(WEIGHTINGS)),
+        ("configs", bundled_configs()),
+    ]
+    for kind, names in rows:
+        print(f"{kind + ':':<20}{', '.join(names)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), quick=args.quick, steps=args.steps, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="udm", description="udm: unified diffusion models (train, sample, evaluate)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train the model a YAML config describes")
+    p.add_argument("config", help="a YAML file, or the name of a bundled config (see `udm list`)")
+    p.add_argument("--out", help="run folder (default runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--steps", type=int, help="override train.steps")
+    p.add_argument("--device", help="override train.device (cpu, cuda, cuda:1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. train.lr=1e-3")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    for name, func, helptext in (("sample", cmd_sample, "draw samples from a checkpoint"), ("eval", cmd_eval, "score a checkpoint against held-out data")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("checkpoint", help="a checkpoint folder, a checkpoints/ folder or a run folder (latest checkpoint)")
+        p.add_argument("--sampler", default=None if name == "eval" else "dpmpp_2m")
+        p.add_argument("--steps", type=int, default=None if name == "eval" else 50)
+        p.add_argument("--n", type=int, default=None if name == "eval" else 64)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", help="output folder (sample) or JSON file (eval)")
+        p.add_argument("--device", default=None)
+        p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+        if name == "sample":
+            p.add_argument("--grid", default=None, help="time grid (see `udm list`)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("list", help="list processes, parameterizations, samplers, grids, networks, datasets, configs")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("demo", help="the main job: train on embedded data, write samples, plots and metrics")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--quick", action="store_true", help="only the 2-D two-moons model (about a minute)")
+    p.add_argument("--steps", type=int, default=None, help="override the training steps of every demo model")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``udm`` and ``python -m udm``; returns the exit status."""
+    from .training.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"udm: error: {e}", file=sys.stderr)
+        return 2

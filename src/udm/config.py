@@ -1,0 +1,272 @@
+"""Experiment configs: one small YAML per experiment, validated on load (DESIGN: configs/).
+
+A config has the sections ``data``, ``process``, ``prediction``, ``network``,
+``loss``, ``train`` and ``sample``. Sections that name a registered thing
+(``data.name``, ``process.name``, ``network.name``, ``prediction.name``,
+``sample.sampler``, ``loss.time_sampler.name``) take that thing's own keyword
+arguments beside the name; they are checked against its signature, so a typo
+is reported as the bad key with the allowed ones, never as a TypeError from
+deep inside. :func:`validate` returns the config with every default filled in,
+which is what checkpoints record.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .registry import Registry
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key and what is allowed."""
+
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "steps": 1000,
+    "batch_size": 128,
+    "lr": 2e-4,
+    "weight_decay": 0.0,
+    "betas": [0.9, 0.999],
+    "adam_eps": 1e-8,
+    "warmup_steps": 0,
+    "lr_schedule": "constant",
+    "min_lr": 0.0,
+    "grad_clip": 1.0,
+    "grad_accum": 1,
+    "ema": {"decay": 0.999},
+    "precision": "fp32",
+    "compile": False,
+    "device": None,
+    "log_every": 50,
+    "log_format": "csv",
+    "ckpt_every": 1000,
+    "keep_checkpoints": 3,
+    "sample_every": 0,
+}
+
+SAMPLE_DEFAULTS: dict[str, Any] = {"sampler": "dpmpp_2m", "steps": 50, "grid": None, "n": 64, "eval_n": 2000, "options": {}}
+LOSS_DEFAULTS: dict[str, Any] = {"weighting": "target", "time_sampler": {"name": "uniform"}, "gamma": 5.0}
+TOP_KEYS = ("name", "seed", "data", "process", "prediction", "network", "loss", "train", "sample")
+REQUIRED = ("data", "process", "network")
+
+_CHOICES = {
+    "lr_schedule": ("constant", "cosine"),
+    "precision": ("fp32", "bf16"),
+    "log_format": ("csv", "jsonl"),
+}
+_POSITIVE_INT = ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "keep_checkpoints")
+_NONNEG_INT = ("warmup_steps", "sample_every")
+_NONNEG_FLOAT = ("lr", "weight_decay", "min_lr", "adam_eps")
+
+
+def signature_options(factory: Callable[..., Any]) -> list[str] | None:
+    """The keyword options ``factory`` accepts (None when it takes ``**kwargs``: anything goes)."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [k for k, p in params.items() if k != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+
+
+def check_options(where: str, kind: str, name: str, factory: Callable[..., Any], options: Mapping[str, Any], extra: tuple[str, ...] = ()) -> None:
+    """Raise ConfigError naming ``where.key`` for each option ``factory`` does not take."""
+    allowed = signature_options(factory)
+    if allowed is None:
+        return
+    allowed = [*allowed, *extra]
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(
+                f"config key '{where}.{key}' is not an option of {kind} {name!r}; allowed: {', '.join(sorted(allowed)) or 'none'}"
+            )
+
+
+def _named(where: str, section: Any, registry: Registry, default: str | None = None) -> dict[str, Any]:
+    """A ``{name: ..., **options}`` section (a bare string is shorthand for the name), name checked."""
+    if isinstance(section, str):
+        section = {"name": section}
+    if section is None and default is not None:
+        section = {"name": default}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"config key '{where}' must be a mapping with a 'name' (one of: {', '.join(registry.names())})")
+    section = dict(section)
+    name = section.get("name", default)
+    if name is None:
+        raise ConfigError(f"config key '{where}.name' is missing; valid {registry.kind}s: {', '.join(registry.names())}")
+    if name not in registry:
+        raise ConfigError(f"config key '{where}.name': unknown {registry.kind} {name!r}; valid {registry.kind}s: {', '.join(registry.names())}")
+    section["name"] = name
+    return section
+
+
+def _merge_known(where: str, given: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"config key '{where}' must be a mapping")
+    for key in given:
+        if key not in defaults:
+            raise ConfigError(f"config key '{where}.{key}' is not allowed; allowed keys: {', '.join(sorted(defaults))}")
+    out = copy.deepcopy(dict(defaults))
+    out.update(copy.deepcopy(dict(given)))
+    return out
+
+
+def _check_train(train: dict[str, Any]) -> None:
+    for key, choices in _CHOICES.items():
+        if train[key] not in choices:
+            raise ConfigError(f"config key 'train.{key}' is {train[key]!r}; allowed values: {', '.join(choices)}")
+    for key in _POSITIVE_INT:
+        v = train[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"config key 'train.{key}' must be an integer >= 1, got {v!r}")
+    for key in _NONNEG_INT:
+        v = train[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"config key 'train.{key}' must be an integer >= 0, got {v!r}")
+    for key in _NONNEG_FLOAT:
+        v = train[key]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"config key 'train.{key}' must be a number >= 0, got {v!r}")
+    clip = train["grad_clip"]
+    if clip is not None and (not isinstance(clip, (int, float)) or clip <= 0):
+        raise ConfigError(f"config key 'train.grad_clip' must be a number > 0 or null (no clipping), got {clip!r}")
+    betas = train["betas"]
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)):
+        raise ConfigError(f"config key 'train.betas' must be two numbers in [0, 1), got {betas!r}")
+    if train["batch_size"] % train["grad_accum"]:
+        raise ConfigError(
+            f"config key 'train.grad_accum' ({train['grad_accum']}) must divide train.batch_size ({train['batch_size']})"
+        )
+    ema = train["ema"]
+    if ema is not None:
+        if not isinstance(ema, Mapping):
+            raise ConfigError("config key 'train.ema' must be a mapping such as {decay: 0.999} or {half_life: 50000}, or null")
+        for key in ema:
+            if key not in ("decay", "half_life", "rampup_ratio"):
+                raise ConfigError(f"config key 'train.ema.{key}' is not allowed; allowed keys: decay, half_life, rampup_ratio")
+        if ("decay" in ema) == ("half_life" in ema):
+            raise ConfigError("config key 'train.ema' needs exactly one of 'decay' or 'half_life'")
+        if "decay" in ema and not (isinstance(ema["decay"], (int, float)) and 0 <= ema["decay"] < 1):
+            raise ConfigError(f"config key 'train.ema.decay' must be in [0, 1), got {ema['decay']!r}")
+
+
+def validate(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every key and value of ``config`` and return it with all defaults filled in."""
+    from .data import DATASETS
+    from .denoiser import PARAMETERIZATIONS
+    from .losses import TIME_SAMPLERS, WEIGHTINGS
+    from .nets import NETWORKS
+    from .processes import PROCESSES
+    from .samplers import SAMPLERS
+
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections ({', '.join(TOP_KEYS)}), got {type(config).__name__}")
+    for key in config:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"config key {key!r} is not allowed; allowed keys: {', '.join(TOP_KEYS)}")
+    for key in REQUIRED:
+        if key not in config:
+            raise ConfigError(f"config key {key!r} is missing; every config needs: {', '.join(REQUIRED)}")
+    out: dict[str, Any] = {"name": str(config.get("name", "experiment"))}
+    seed = config.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"config key 'seed' must be an integer >= 0, got {seed!r}")
+    out["seed"] = seed
+
+    data = _named("data", config["data"], DATASETS)
+    data.setdefault("test_fraction", 0.1)
+    if not isinstance(data["test_fraction"], (int, float)) or not 0.0 < data["test_fraction"] < 1.0:
+        raise ConfigError(f"config key 'data.test_fraction' must be in (0, 1), got {data['test_fraction']!r}")
+    check_options("data", "dataset", data["name"], DATASETS.get(data["name"]), _opts(data, "test_fraction"))
+    out["data"] = data
+
+    process = _named("process", config["process"], PROCESSES)
+    check_options("process", "process", process["name"], PROCESSES.get(process["name"]), _opts(process))
+    out["process"] = process
+
+    prediction = _named("prediction", config.get("prediction"), PARAMETERIZATIONS, default="eps")
+    check_options("prediction", "parameterization", prediction["name"], PARAMETERIZATIONS.get(prediction["name"]), _opts(prediction))
+    out["prediction"] = prediction
+
+    network = _named("network", config["network"], NETWORKS)
+    check_options("network", "network", network["name"], NETWORKS.get(network["name"]), _opts(network))
+    out["network"] = network
+
+    loss = _merge_known("loss", config.get("loss"), LOSS_DEFAULTS)
+    if loss["weighting"] not in WEIGHTINGS:
+        raise ConfigError(f"config key 'loss.weighting' is {loss['weighting']!r}; allowed values: {', '.join(WEIGHTINGS)}")
+    ts = _named("loss.time_sampler", loss["time_sampler"], TIME_SAMPLERS, default="uniform")
+    check_options("loss.time_sampler", "time sampler", ts["name"], TIME_SAMPLERS.get(ts["name"]), _opts(ts))
+    loss["time_sampler"] = ts
+    out["loss"] = loss
+
+    train = _merge_known("train", config.get("train"), TRAIN_DEFAULTS)
+    if "ema" in (config.get("train") or {}):
+        train["ema"] = copy.deepcopy(config["train"]["ema"])
+    _check_train(train)
+    out["train"] = train
+
+    sample = _merge_known("sample", config.get("sample"), SAMPLE_DEFAULTS)
+    if sample["sampler"] not in SAMPLERS:
+        raise ConfigError(f"config key 'sample.sampler': unknown sampler {sample['sampler']!r}; valid samplers: {', '.join(SAMPLERS.names())}")
+    fn = SAMPLERS.get(sample["sampler"])
+    kw_only = [k for k, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("callback", "generator")]
+    for key in sample["options"] or {}:
+        if key not in kw_only:
+            raise ConfigError(f"config key 'sample.options.{key}' is not an option of sampler {sample['sampler']!r}; allowed: {', '.join(kw_only) or 'none'}")
+    for key in ("steps", "n", "eval_n"):
+        if not isinstance(sample[key], int) or sample[key] < 1:
+            raise ConfigError(f"config key 'sample.{key}' must be an integer >= 1, got {sample[key]!r}")
+    out["sample"] = sample
+    return out
+
+
+def _opts(section: Mapping[str, Any], *skip: str) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k != "name" and k not in skip}
+
+
+def options(section: Mapping[str, Any], *skip: str) -> dict[str, Any]:
+    """A named section's keyword options (everything but ``name`` and ``skip``)."""
+    return _opts(section, *skip)
+
+
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read and validate a YAML config; ``overrides`` like ``{"train.steps": 10}`` are applied first."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections ({', '.join(TOP_KEYS)})")
+    return validate(apply_overrides(raw, overrides or {}))
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``"train.steps"``) in a copy of ``config``."""
+    out = copy.deepcopy(dict(config))
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.get(key)
+            if isinstance(child, str):
+                child = {"name": child}
+            node[key] = dict(child or {})
+            node = node[key]
+        node[leaf] = value
+    return out
+
+
+def dump(config: Mapping[str, Any]) -> str:
+    """YAML text of a config (keys in section order)."""
+    return yaml.safe_dump(dict(config), sort_keys=False)

@@ -1,0 +1,164 @@
+"""The `udm` command and config validation: clear one-line errors, nothing half-written, real outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from udm.cli import CONFIG_DIR, bundled_configs, main
+from udm.config import ConfigError, load_config, validate
+from udm.data import find_mnist
+
+TINY = {
+    "name": "tiny",
+    "seed": 1,
+    "data": {"name": "two_moons", "n": 400, "test_fraction": 0.25},
+    "process": {"name": "vp"},
+    "prediction": {"name": "v"},
+    "network": {"name": "mlp", "hidden": 32, "depth": 2},
+    "train": {"steps": 4, "batch_size": 32, "log_every": 2, "ckpt_every": 2},
+    "sample": {"sampler": "ddim", "steps": 4, "n": 16, "eval_n": 50},
+}
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("udm: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+@pytest.mark.parametrize("name", bundled_configs())
+def test_bundled_configs_validate(name):
+    config = load_config(CONFIG_DIR / f"{name}.yaml")
+    assert config["name"] == name and config["train"]["steps"] >= 1
+
+
+@pytest.mark.parametrize(
+    "mutate, fragments",
+    [
+        (lambda c: c.update(trian={}), ("'trian' is not allowed", "train")),
+        (lambda c: c["network"].update(hiden=3), ("network.hiden", "not an option of network 'mlp'", "hidden")),
+        (lambda c: c["process"].update(name="vpp"), ("unknown process 'vpp'", "rectified_flow")),
+        (lambda c: c["train"].update(precision="fp8"), ("train.precision", "fp32, bf16")),
+        (lambda c: c["train"].update(batch_size=0), ("train.batch_size", ">= 1")),
+        (lambda c: c["train"].update(grad_accum=3), ("grad_accum", "must divide")),
+        (lambda c: c.update(loss={"weighting": "snr2"}), ("loss.weighting", "min_snr")),
+        (lambda c: c.update(loss={"time_sampler": {"name": "lognormal", "mean": 0}}), ("loss.time_sampler.mean", "p_mean")),
+        (lambda c: c["sample"].update(options={"eta": 1.0, "churn": 2}), ("sample.options.churn", "eta")),
+        (lambda c: c["data"].update(noise_level=0.1), ("data.noise_level", "noise")),
+        (lambda c: c.pop("network"), ("'network' is missing",)),
+    ],
+)
+def test_config_errors_name_the_key(mutate, fragments):
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    mutate(config)
+    with pytest.raises(ConfigError) as info:
+        validate(config)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_train_sample_eval_list(tmp_path, capsys):
+    cfg = write_config(tmp_path / "tiny.yaml", TINY)
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", str(cfg), "--out", str(run), "--quiet")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["steps"] == 4
+    code, out, err = run_cli(capsys, "sample", str(run), "--sampler", "dpmpp_2m", "--steps", "5", "--n", "20", "--out", str(tmp_path / "s"))
+    assert code == 0, err
+    x = load_file(str(tmp_path / "s" / "samples.safetensors"))["samples"]
+    assert x.shape == (20, 2) and bool(x.isfinite().all())
+    assert Image.open(tmp_path / "s" / "samples.png").size[0] > 100
+    code, out, err = run_cli(capsys, "eval", str(run), "--n", "50", "--out", str(tmp_path / "m.json"))
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n"] == 50 and metrics["sliced_wasserstein"] > 0 and metrics["sliced_wasserstein_floor"] > 0
+    code, out, _ = run_cli(capsys, "list")
+    for word in ("processes:", "vp", "dpmpp_2m", "karras", "unet", "dit", "two_moons", "mnist", "demo_moons", "velocity"):
+        assert word in out
+
+
+def test_python_dash_m_is_the_same_command():
+    res = subprocess.run([sys.executable, "-m", "udm", "list"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "samplers:" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "udm", "train", "no_such_config"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().startswith("udm: error: config 'no_such_config' not found")
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    cfg = write_config(tmp_path / "bad.yaml", {**TINY, "optimiser": {"lr": 1}})
+    code, _, err = run_cli(capsys, "train", str(cfg), "--out", str(tmp_path / "run"))
+    assert_one_line_error(code, err, "'optimiser' is not allowed")
+    assert not (tmp_path / "run").exists()
+
+
+def test_wrong_data_shape_for_network(tmp_path, capsys):
+    config = {**TINY, "data": {"name": "digits"}, "network": {"name": "unet", "in_channels": 3, "channels": 32, "channel_mult": [1, 2], "attn_resolutions": []}}
+    cfg = write_config(tmp_path / "bad.yaml", config)
+    code, _, err = run_cli(capsys, "train", str(cfg), "--out", str(tmp_path / "run"))
+    assert_one_line_error(code, err, "per-sample shape (1, 8, 8)", "unet")
+    assert not (tmp_path / "run").exists()
+
+
+def test_nan_in_data(tmp_path, capsys):
+    x = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
+    x[17, 1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    cfg = write_config(tmp_path / "bad.yaml", {**TINY, "data": {"name": "array", "path": str(tmp_path / "x.npy"), "kind": "points"}})
+    code, _, err = run_cli(capsys, "train", str(cfg), "--out", str(tmp_path / "run"))
+    assert_one_line_error(code, err, "NaN", "17")
+    assert not (tmp_path / "run").exists()
+
+
+def test_empty_data_folder(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    config = {**TINY, "data": {"name": "image_folder", "path": str(tmp_path / "images")}, "network": {"name": "unet"}}
+    cfg = write_config(tmp_path / "bad.yaml", config)
+    code, _, err = run_cli(capsys, "train", str(cfg), "--out", str(tmp_path / "run"))
+    assert_one_line_error(code, err, "no .png/.jpg/.jpeg files found")
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_from_another_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "a.yaml", TINY)
+    assert run_cli(capsys, "train", str(cfg), "--out", str(run), "--quiet")[0] == 0
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    other = write_config(tmp_path / "b.yaml", {**TINY, "network": {"name": "mlp", "hidden": 64, "depth": 2}})
+    code, _, err = run_cli(capsys, "train", str(other), "--out", str(run), "--resume", "--quiet")
+    assert_one_line_error(code, err, "different config", "network.hidden")
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    code, _, err = run_cli(capsys, "sample", str(tmp_path / "nothing-here"))
+    assert_one_line_error(code, err, "no checkpoint")
+
+
+@pytest.mark.skipif(find_mnist() is None, reason="MNIST IDX files not found (../shared/data/mnist or $UDM_DATA)")
+def test_mnist_configs_build_on_the_idx_files():
+    from udm.training import build_experiment
+
+    for name in ("mnist_unet", "mnist_dit"):
+        config = load_config(CONFIG_DIR / f"{name}.yaml", {"data.limit": 200})
+        exp = build_experiment(config)
+        assert tuple(exp.train_data.shape) == (1, 28, 28)
+        assert exp.config["network"]["in_channels"] == 1 and exp.config["network"]["image_size"] == 28
