@@ -9,12 +9,11 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from udm.config import apply_overrides, validate
 from udm.training import CheckpointError, Trainer, load_checkpoint, load_trained, read_log
@@ -247,3 +246,11 @@ def test_sample_grid_and_jsonl_log_written_during_training(tmp_path):
     assert sorted(p.name for p in (tmp_path / "samples").glob("*.png")) == ["step_0000002.png", "step_0000004.png"]
     rows = read_log(tmp_path / "log.jsonl")
     assert [r["step"] for r in rows] == [2, 4] and all(r["samples_per_s"] > 0 and r["loss"] > 0 for r in rows)
+
+
+def test_latest_pointing_at_a_missing_folder_falls_back_to_the_newest_complete_checkpoint(tmp_path):
+    save_checkpoint(tmp_path, 1, {"model": {"w": torch.ones(3)}}, {"config": {}}, keep=None)
+    save_checkpoint(tmp_path, 2, {"model": {"w": torch.full((3,), 2.0)}}, {"config": {}}, keep=None)
+    (tmp_path / "latest").write_text("step_0000009")
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.step == 2 and torch.equal(ckpt.tensors["model"]["w"], torch.full((3,), 2.0))

@@ -217,3 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"udm: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("udm: interrupted (a training run saved a checkpoint first; continue it with --resume)", file=sys.stderr)
+        return 130

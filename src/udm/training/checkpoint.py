@@ -6,7 +6,8 @@ group of tensors (``model``, ``ema``, ``optimizer``, ...) and ``state.json``
 tensor file). It is written under a temporary name, flushed to disk, and only
 then renamed into place; the ``latest`` pointer is replaced the same way. A
 process killed at any instant therefore leaves the previous checkpoint intact
-and ``latest`` pointing at it. Loading reads JSON and safetensors only, checks
+and ``latest`` pointing at it (should ``latest`` ever name a folder that is
+gone, the newest complete ``step_*`` is used). Loading reads JSON and safetensors only, checks
 every hash, and turns any damage into a :class:`CheckpointError` that names the
 file.
 """
@@ -133,7 +134,12 @@ def resolve(path: str | Path) -> Path:
             name = pointer.read_text().strip()
             if not name.startswith("step_") or "/" in name:
                 raise CheckpointError(f"{pointer} is corrupt: it names {name!r}, not a step_* checkpoint")
-            return folder / name
+            if (folder / name / "state.json").is_file():
+                return folder / name
+            complete = sorted(p for p in folder.glob("step_*") if (p / "state.json").is_file())
+            if complete:
+                return complete[-1]
+            raise CheckpointError(f"{pointer} names {name!r}, which is missing, and no other complete checkpoint is in {folder}")
     raise CheckpointError(f"no checkpoint at {path}: expected state.json, or a 'latest' pointer in it or in its checkpoints/")
 
 
