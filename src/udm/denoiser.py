@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .processes.base import Process, time_tensor
+from .processes.gaussian import require_gaussian
 from .registry import Registry
 
 Tensor = torch.Tensor
@@ -53,9 +54,7 @@ class Parameterization:
 
 
 def _gaussian(process: Process, name: str) -> Process:
-    if not hasattr(process, "alpha"):
-        raise ValueError(f"the {name!r} parameterization needs a Gaussian process (alpha_t, sigma_t), got {process.name!r}")
-    return process
+    return require_gaussian(process, f"the {name!r} parameterization")
 
 
 class EpsParameterization(Parameterization):

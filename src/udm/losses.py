@@ -34,23 +34,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .denoiser import Denoiser, get_parameterization
+from .denoiser import Denoiser, from_x0, get_parameterization
 from .processes.base import Process
+from .processes.gaussian import require_gaussian
 from .registry import Registry
 
 Tensor = torch.Tensor
-
-
-def _gaussian(process: Process, what: str):
-    if not hasattr(process, "alpha"):
-        raise ValueError(f"{what} needs a Gaussian process (alpha_t, sigma_t), got {process.name!r}")
-    return process
-
-
-def _dlog_snr(process: Process, t: Tensor) -> Tensor:
-    """d log-SNR / dt = 2 alpha'/alpha - 2 sigma'/sigma (negative: the SNR falls with t)."""
-    p = _gaussian(process, "this time sampler")
-    return 2.0 * p.dalpha(t) / p.alpha(t) - 2.0 * p.dsigma(t) / p.sigma(t)
 
 
 def _uniform01(n: int, generator: torch.Generator | None, device: torch.device | str | None) -> Tensor:
@@ -142,16 +131,16 @@ class LogNormalTime(TimeSampler):
         self.p_mean, self.p_std = float(p_mean), float(p_std)
 
     def draw(self, process: Process, n: int, generator, device) -> Tensor:
-        p = _gaussian(process, "the lognormal time sampler")
+        p = require_gaussian(process, "the lognormal time sampler")
         dev = generator.device if generator is not None else device
         z = torch.randn(n, generator=generator, dtype=torch.float64, device=dev)
         t = p.t_from_sigma_tilde(torch.exp(self.p_mean + self.p_std * z))
         return t.clamp(process.t_eps, process.t_max)
 
     def log_density(self, process: Process, t: Tensor) -> Tensor:
-        p = _gaussian(process, "the lognormal time sampler")
+        p = require_gaussian(process, "the lognormal time sampler")
         z = (torch.log(p.sigma_tilde(t)) - self.p_mean) / self.p_std
-        jac = 0.5 * _dlog_snr(process, t).abs()
+        jac = 0.5 * p.dlog_snr(t).abs()
         return -0.5 * z**2 - math.log(self.p_std * math.sqrt(2 * math.pi)) + torch.log(jac)
 
     def config(self) -> dict:
@@ -168,7 +157,7 @@ class LogSNRTime(TimeSampler):
         self.min_log_snr, self.max_log_snr = min_log_snr, max_log_snr
 
     def _range(self, process: Process) -> tuple[float, float]:
-        p = _gaussian(process, "the logsnr time sampler")
+        p = require_gaussian(process, "the logsnr time sampler")
         lo = float(p.log_snr(process.t_max)) if self.min_log_snr is None else float(self.min_log_snr)
         hi = float(p.log_snr(process.t_eps)) if self.max_log_snr is None else float(self.max_log_snr)
         if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -187,7 +176,8 @@ class LogSNRTime(TimeSampler):
 
     def log_density(self, process: Process, t: Tensor) -> Tensor:
         lo, hi = self._range(process)
-        return torch.log(_dlog_snr(process, t).abs()) - math.log(hi - lo)
+        p = require_gaussian(process, "the logsnr time sampler")
+        return torch.log(p.dlog_snr(t).abs()) - math.log(hi - lo)
 
     def config(self) -> dict:
         return {**super().config(), "min_log_snr": self.min_log_snr, "max_log_snr": self.max_log_snr}
@@ -282,9 +272,9 @@ def get_time_sampler(spec: str | dict | TimeSampler | None) -> TimeSampler:
 def _x0_weight(process: Process, t: Tensor, weighting: str, gamma: float) -> Tensor:
     """lambda(t): the weight on ||x0_hat - x0||^2 that ``weighting`` means (module docstring)."""
     if weighting == "min_snr":
-        return torch.clamp(torch.exp(_gaussian(process, "min_snr weighting").log_snr(t)), max=gamma)
+        return torch.clamp(torch.exp(require_gaussian(process, "min_snr weighting").log_snr(t)), max=gamma)
     if weighting == "likelihood":
-        p = _gaussian(process, "likelihood weighting")
+        p = require_gaussian(process, "likelihood weighting")
         _, g2 = p.sde(t)
         return g2 * p.alpha(t) ** 2 / p.sigma(t) ** 4
     _, b = get_parameterization(weighting).coefficients(process, t)
@@ -363,11 +353,9 @@ class DenoisingLoss:
             eps = eps_drawn if eps is None else eps
         w = torch.ones_like(t) if w is None else w
         process = denoiser.process
-        tt = t.reshape(-1, *([1] * (x0.ndim - 1)))
         x_t = process.corrupt(x0, t, eps)
         pred = denoiser.raw(x_t, t, cond)
-        target = denoiser.parameterization.coefficients(process, tt)
-        target = target[0].to(x0.dtype) * x_t + target[1].to(x0.dtype) * x0
+        target = from_x0(x0, x_t, t, process, denoiser.parameterization)
         dtype = torch.promote_types(pred.dtype, torch.float32)  # at least float32; float64 stays float64
         err = (pred.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(1)
         factor = self.factor(denoiser, t)

@@ -23,6 +23,7 @@ from .gaussian import (
     VPLinearSchedule,
     VPSchedule,
     ddpm_betas,
+    require_gaussian,
 )
 
 PROCESSES: Registry[Callable[..., Process]] = Registry("process")
@@ -64,6 +65,7 @@ __all__ = [
     "VPLinearSchedule",
     "VPSchedule",
     "ddpm_betas",
+    "require_gaussian",
     "get_process",
     "time_tensor",
 ]

@@ -372,6 +372,15 @@ class RectifiedFlowSchedule(Schedule):
         return {"t_eps": self.t_eps}
 
 
+def require_gaussian(process: Process, what: str, hint: str = "") -> "GaussianProcess":
+    """``process`` if it offers alpha_t and sigma_t, else one clear error naming ``what`` needed them."""
+    if not (hasattr(process, "alpha") and hasattr(process, "sigma")):
+        raise ValueError(
+            f"{what} needs a Gaussian process (x_t = alpha x0 + sigma eps), got {process.name!r}" + (f"; {hint}" if hint else "")
+        )
+    return process
+
+
 class GaussianProcess(Process):
     """x_t = alpha_t x0 + sigma_t eps, eps ~ N(0, I), for any :class:`Schedule` (THEORY §4.1)."""
 
@@ -409,6 +418,10 @@ class GaussianProcess(Process):
     def t_from_log_snr(self, log_snr: float | Tensor) -> Tensor:
         """The time at which the log-SNR equals ``log_snr`` (inverse of :meth:`log_snr`)."""
         return self.schedule.t_from_log_snr(_t64(log_snr))
+
+    def dlog_snr(self, t: float | Tensor) -> Tensor:
+        """d log-SNR / dt = 2 alpha'/alpha - 2 sigma'/sigma (negative: the SNR falls with t)."""
+        return 2.0 * self.dalpha(t) / self.alpha(t) - 2.0 * self.dsigma(t) / self.sigma(t)
 
     def sigma_tilde(self, t: float | Tensor) -> Tensor:
         """sigma_t / alpha_t: the noise level of x_t / alpha_t = x0 + (sigma/alpha) eps (THEORY §5.2, VP to VE)."""

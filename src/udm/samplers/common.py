@@ -15,6 +15,7 @@ import torch
 
 from ..processes.base import Process
 from ..processes.gaussian import GaussianProcess
+from ..processes.gaussian import require_gaussian as gaussian_or_error
 
 Tensor = torch.Tensor
 DenoiseFn = Callable[[Tensor, float], Tensor]
@@ -23,12 +24,7 @@ Callback = Callable[[dict[str, Any]], None] | None
 
 def require_gaussian(process: Process, sampler: str) -> GaussianProcess:
     """``process`` if it is Gaussian (alpha_t, sigma_t), else a clear error naming the sampler."""
-    if not isinstance(process, GaussianProcess):
-        raise ValueError(
-            f"sampler {sampler!r} needs a Gaussian process (x_t = alpha x0 + sigma eps), got {process.name!r}; "
-            "use the generic 'udm' kernel sampler"
-        )
-    return process
+    return gaussian_or_error(process, f"sampler {sampler!r}", "use the generic 'udm' kernel sampler")
 
 
 def alpha_sigma(process: GaussianProcess, t: float) -> tuple[float, float]:

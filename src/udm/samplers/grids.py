@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from ..processes.base import Process
+from ..processes.gaussian import require_gaussian
 from ..registry import Registry
 
 Tensor = torch.Tensor
@@ -53,8 +54,7 @@ def quadratic(process: Process, steps: int, *, t_start: float | None = None) -> 
 
 
 def _needs_gaussian(process: Process, grid: str) -> None:
-    if not hasattr(process, "sigma_tilde"):
-        raise ValueError(f"the {grid!r} grid spaces times by noise level and needs a Gaussian process, got {process.name!r}")
+    require_gaussian(process, f"the {grid!r} grid (it spaces times by noise level)")
 
 
 def _level_grid(

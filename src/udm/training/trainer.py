@@ -233,7 +233,8 @@ class Trainer:
     def train_step(self, step: int) -> torch.Tensor:
         """One optimizer step: gradients, clipping, AdamW at the step's learning rate, EMA.
 
-        Returns the step's loss averaged over ranks (a detached tensor, no host sync).
+        Returns this rank's loss (a detached tensor: no host sync, no collective; the
+        loop averages over ranks only when it logs).
         """
         total, t, objective = self.accumulate_gradients(step)
         params = [p for p in self.net.parameters() if p.grad is not None]
@@ -248,7 +249,7 @@ class Trainer:
             self.ema.update(self.net, self.tc["batch_size"], (step + 1) * self.tc["batch_size"])
         if self.loss.time_sampler.learns:
             self.loss.time_sampler.observe(self.process, t, distributed.gather(objective, self.info))
-        return distributed.mean_across(total, self.info)
+        return total
 
     # --- the loop -----------------------------------------------------------------------------------
     def train(self, steps: int | None = None) -> dict[str, Any]:
@@ -275,7 +276,7 @@ class Trainer:
                     rate = n / max(now - window_time, 1e-9)
                     row = {
                         "step": self.step,
-                        "loss": float(acc) / max(n, 1),
+                        "loss": float(distributed.mean_across(acc, self.info)) / max(n, 1),
                         "lr": self.lr_at(self.step - 1),
                         "grad_norm": float(self._grad_norm),
                         "steps_per_s": rate,
