@@ -182,7 +182,7 @@ class _UniformNoise(_AbsNoise):
         tt = udm.processes.time_tensor(t, x0).to(x0.dtype)
         return (1 - tt) * x0 + tt * eps
 
-    def recover_noise(self, x0, x_t, t):
+    def recover_noise(self, x0, x_t, t, *, generator=None):
         tt = udm.processes.time_tensor(t, x0).to(x0.dtype)
         return (x_t - (1 - tt) * x0) / tt
 

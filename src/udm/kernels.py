@@ -39,9 +39,11 @@ def renoise(
 
 
 @KERNELS.register("K1")
-def reuse(process: Process, x_t: Tensor, x0_hat: Tensor, t: float, s: float, **_: object) -> Tensor:
-    """K1 (noise reuse, deterministic): x_s = F_s(x0_hat, F_t^{-1}(x0_hat, x_t))."""
-    return process.corrupt(x0_hat, s, process.recover_noise(x0_hat, x_t, t))
+def reuse(
+    process: Process, x_t: Tensor, x0_hat: Tensor, t: float, s: float, *, generator: rng.GeneratorLike = None, **_: object
+) -> Tensor:
+    """K1 (noise reuse): x_s = F_s(x0_hat, F_t^{-1}(x0_hat, x_t)); deterministic where F_t^{-1} is a function."""
+    return process.corrupt(x0_hat, s, process.recover_noise(x0_hat, x_t, t, generator=generator))
 
 
 @KERNELS.register("K2")
@@ -62,7 +64,7 @@ def mix(
         raise ValueError(f"K2 needs sigma_tilde in [0, 1], got {r:g}")
     if not process.noise_is_standard_normal:
         raise ValueError(f"K2 mixes standard normals, but process {process.name!r} has non-Gaussian noise q; use K0 or K1")
-    eps_hat = process.recover_noise(x0_hat, x_t, t)
+    eps_hat = process.recover_noise(x0_hat, x_t, t, generator=generator)
     if r > 0.0:
         eps_hat = (1.0 - r * r) ** 0.5 * eps_hat + r * rng.randn_like(x_t, generator)
     return process.corrupt(x0_hat, s, eps_hat)

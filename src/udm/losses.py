@@ -332,7 +332,7 @@ class DenoisingLoss:
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(t, w, eps) for a batch: times and importance weights (float64) and the noise."""
         t, w = self.time_sampler(process, x0.shape[0], generator, x0.device)
-        eps = process.sample_noise(x0.shape, generator, dtype=x0.dtype, device=x0.device)
+        eps = process.sample_noise(process.state_shape(x0.shape), generator, dtype=x0.dtype, device=x0.device)
         return t.to(x0.device), w.to(x0.device), eps.to(x0.device)
 
     def __call__(

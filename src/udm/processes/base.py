@@ -6,6 +6,24 @@ and the prior at ``t_max`` (``prior``). The reverse kernels K0/K1/K2 in
 :mod:`udm.kernels` are written once against this protocol, so every process
 gets them for free.
 
+Three hooks let non-Gaussian processes use the same samplers and losses
+(THEORY §3.2, U2), each with a default that is right for continuous data:
+
+* ``estimate_x0(out, x_t, t)`` turns the denoiser's output into the x0_hat the
+  kernel is evaluated at (U2 step 2.1): the posterior mean itself by default,
+  a token draw from the logits for discrete processes;
+* ``finish(x, x0_hat)`` is what a sampler returns after its last step: x_0 by
+  default, x0_hat for the encoder model (THEORY §4.5);
+* ``state_shape(data_shape)`` is the shape of x_t for data of ``data_shape``
+  (the same by default; a latent shape for the encoder model), and
+  ``output_shape(state_shape)`` the shape of the denoiser's output (logits add
+  a vocabulary axis).
+
+``prior`` and ``sample_noise`` take *state* shapes. ``recover_noise`` receives
+the sampler's generator: for discrete processes F_t^{-1} is a conditional law
+(which positions were corrupted is visible, their order is not), so the
+recovered noise is a draw from it.
+
 Time conventions, shared by all processes: ``t_min`` is the clean-data end
 (x_{t_min} = x0), ``t_max`` the prior end, and ``t_eps`` the smallest positive
 time a default grid visits before its final step to ``t_min``.
@@ -55,7 +73,9 @@ class Process(ABC):
     def corrupt(self, x0: torch.Tensor, t: float | torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_t = F_t(x0, eps)."""
 
-    def recover_noise(self, x0: torch.Tensor, x_t: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    def recover_noise(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: float | torch.Tensor, *, generator: rng.GeneratorLike = None
+    ) -> torch.Tensor:
         """eps = F_t^{-1}(x0, x_t); raises :class:`NotInvertible` where F_t cannot be inverted."""
         raise NotInvertible(
             f"process {self.name!r} cannot recover the noise from (x0, x_t): F_t is not invertible in eps; "
@@ -83,6 +103,24 @@ class Process(ABC):
         device: torch.device | str | None = None,
     ) -> torch.Tensor:
         """Draw x_T from the prior at ``t_max`` (THEORY §3.2, U2 step 1)."""
+
+    def estimate_x0(
+        self, out: torch.Tensor, x_t: torch.Tensor, t: float | torch.Tensor, *, generator: rng.GeneratorLike = None
+    ) -> torch.Tensor:
+        """x0_hat from the denoiser output ``out`` (THEORY §3.2 U2 step 2.1): the output itself by default."""
+        return out
+
+    def finish(self, x: torch.Tensor, x0_hat: torch.Tensor | None) -> torch.Tensor:
+        """What a sampler returns after its last step: the final state x_0 by default."""
+        return x
+
+    def state_shape(self, data_shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape of x_t for a batch of data of shape ``data_shape`` (the same unless the process encodes)."""
+        return tuple(data_shape)
+
+    def output_shape(self, state_shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape the denoiser returns for x_t of shape ``state_shape`` (x0_hat: the same by default)."""
+        return tuple(state_shape)
 
     def default_grid(self, steps: int) -> torch.Tensor:
         """The time grid samplers use when none is given: ``steps + 1`` decreasing times."""

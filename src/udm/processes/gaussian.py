@@ -476,7 +476,7 @@ class GaussianProcess(Process):
         tt = time_tensor(t, x0)
         return self.alpha(tt).to(x0.dtype) * x0 + self.sigma(tt).to(x0.dtype) * eps
 
-    def recover_noise(self, x0: Tensor, x_t: Tensor, t: float | Tensor) -> Tensor:
+    def recover_noise(self, x0: Tensor, x_t: Tensor, t: float | Tensor, *, generator: rng.GeneratorLike = None) -> Tensor:
         """F_t^{-1}(x0, x_t) = (x_t - alpha_t x0) / sigma_t (THEORY §4.1); needs sigma_t > 0."""
         tt = time_tensor(t, x_t)
         return (x_t - self.alpha(tt).to(x_t.dtype) * x0) / self.sigma(tt).to(x_t.dtype)

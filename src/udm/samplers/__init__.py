@@ -33,16 +33,22 @@ for _fn in (ddpm, ddim, udm, udm_baseline, udm_deterministic, euler, heun, rk45,
 class _Tracked:
     """The denoiser as samplers see it: condition bound, evaluations counted, output checked."""
 
-    def __init__(self, denoiser: Callable[..., Tensor], cond: Any, times: Tensor, check_finite: bool) -> None:
-        self.denoiser, self.cond, self.times, self.check_finite = denoiser, cond, times, check_finite
+    def __init__(
+        self, denoiser: Callable[..., Tensor], process: Process, cond: Any, times: Tensor, check_finite: bool
+    ) -> None:
+        self.denoiser, self.process, self.cond, self.times, self.check_finite = denoiser, process, cond, times, check_finite
         self.nfe = 0
 
     def __call__(self, x: Tensor, t: float) -> Tensor:
         out = self.denoiser(x, t) if self.cond is None else self.denoiser(x, t, self.cond)
         self.nfe += 1
-        if out.shape != x.shape:
-            raise ValueError(f"denoiser output has shape {tuple(out.shape)} but x_t has shape {tuple(x.shape)}; they must match")
-        if self.check_finite and not bool(torch.isfinite(out).all()):
+        expected = self.process.output_shape(x.shape)
+        if out.shape not in (x.shape, expected):
+            raise ValueError(
+                f"denoiser output has shape {tuple(out.shape)} but x_t has shape {tuple(x.shape)}; "
+                f"process {self.process.name!r} expects {tuple(expected)}"
+            )
+        if self.check_finite and out.is_floating_point() and not bool(torch.isfinite(out).all()):
             step = int(torch.argmin((self.times - float(t)).abs()))
             raise FloatingPointError(
                 f"the denoiser returned NaN or inf at step {step} of {len(self.times) - 1} (t={float(t):g}, "
@@ -77,7 +83,7 @@ def sample(
     * ``denoiser``: a :class:`~udm.Denoiser` (or any ``(x, t[, cond]) -> x0_hat`` with ``process=``).
     * ``steps`` and ``grid`` (a ``GRIDS`` name, default the process's) build the
       time grid; or pass ``times`` explicitly (strictly decreasing, inside the domain).
-    * ``x_T``: the start; if None it is drawn from the prior with ``shape``.
+    * ``x_T``: the start; if None it is drawn from the prior for data of batch shape ``shape``.
     * ``seeds``: one seed per sample; sample i's x_T and noise come from its own
       generator, so it does not change with batch size or device.
     * ``options`` go to the sampler (e.g. ``eta`` for ddim, ``churn`` for heun).
@@ -107,8 +113,8 @@ def sample(
         shape = tuple(shape)
         if seeds is not None and shape[0] != len(seeds):
             raise ValueError(f"got {len(seeds)} seeds for a batch of {shape[0]}; give one seed per sample")
-        x_T = process.prior(shape, gen, dtype=dtype, device=device)
-    tracked = _Tracked(denoiser, cond, grid_times, check_finite)
+        x_T = process.prior(process.state_shape(shape), gen, dtype=dtype, device=device)
+    tracked = _Tracked(denoiser, process, cond, grid_times, check_finite)
     x0 = fn(tracked, process, x_T, grid_times, callback=callback, **_sampler_options(sampler, fn, gen, options))
     return (x0, {"nfe": tracked.nfe, "times": grid_times}) if return_info else x0
 

@@ -31,19 +31,25 @@ def udm(
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
 ) -> Tensor:
-    """U2 for any process: x0_hat = D(x_t, t), then x_s ~ kernel(x_t, x0_hat) with K0, K1 or K2.
+    """U2 for any process: x0_hat from D(x_t, t), then x_s ~ kernel(x_t, x0_hat) with K0, K1 or K2.
+
+    x0_hat is ``process.estimate_x0`` of the denoiser's output (the output
+    itself for continuous data, a token draw from logits for discrete data),
+    and the result is ``process.finish`` of the last state (x0_hat for the
+    encoder model, THEORY §4.5).
 
     ``sigma_tilde`` (K2 only) is a number in [0, 1] or a function of (t, s).
     """
     step = KERNELS.get(kernel)
     gen = rng.as_generator(generator)
     ts = times.tolist()
+    x0 = None
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        x0 = denoiser(x, t)
+        x0 = process.estimate_x0(denoiser(x, t), x, t, generator=gen)
         r = sigma_tilde(t, s) if callable(sigma_tilde) else sigma_tilde
         x = step(process, x, x0, t, s, sigma_tilde=r, generator=gen)
         report(callback, i, t, s, x, x0)
-    return x
+    return process.finish(x, x0)
 
 
 def udm_baseline(denoiser: DenoiseFn, process: Process, x: Tensor, times: Tensor, **options) -> Tensor:
