@@ -328,3 +328,181 @@ def test_array_errors(tmp_path: Path) -> None:
     np.save(tmp_path / "loud.npy", np.full((2, 1, 3, 3), 7.0))
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         load_dataset("array", path=tmp_path / "loud.npy")
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def _tokens(n: int = 10, length: int = 4, **fields: object) -> Dataset:
+    x = torch.arange(n * length).reshape(n, length) % 3
+    return Dataset(x, torch.arange(n) % 2, 2, "tokens", "tok", **fields)
+
+
+@pytest.mark.parametrize(
+    ("x", "fields", "match"),
+    [
+        (torch.zeros(3, 4), {"vocab_size": 2}, r"integer tensor, got torch.float32"),
+        (torch.zeros(3, 4, dtype=torch.bool), {"vocab_size": 2}, "integer tensor"),
+        (torch.zeros(3, 2, 2, dtype=torch.int64), {"vocab_size": 2}, r"\(N, L\)"),
+        (torch.zeros(0, 4, dtype=torch.int64), {"vocab_size": 2}, "empty"),
+        (torch.tensor([[0, 1], [1, 0], [0, 2]]), {"vocab_size": 2}, r"1 token id\(s\) outside \[0, 2\).*x\[2, 1\] = 2"),
+        (torch.tensor([[0, -1], [1, 0]]), {"vocab_size": 2}, r"x\[0, 1\] = -1"),
+        (torch.zeros(2, 4, dtype=torch.int64), {"vocab_size": 3, "vocab": ["a", "b"]}, "vocab has 2 entries but vocab_size is 3"),
+        (torch.zeros(2, 4, dtype=torch.int64), {"vocab_size": 2, "image_shape": (1, 3, 3)}, r"holds 9 tokens.*L = 4"),
+        (torch.zeros(2, 4, dtype=torch.int64), {"vocab_size": 0}, "vocab_size must be"),
+    ],
+)
+def test_tokens_validation(x: torch.Tensor, fields: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Dataset(x, None, None, "tokens", "bad", **fields)
+
+
+def test_tokens_fields_apply_only_to_tokens_and_defaults() -> None:
+    with pytest.raises(ValueError, match="vocab_size only applies to kind 'tokens'"):
+        Dataset(torch.zeros(2, 2), None, None, "points", "p", vocab_size=3)
+    d = Dataset(torch.tensor([[0, 4], [1, 2]], dtype=torch.int32), None, None, "tokens", "t", image_shape=(1, 1, 2))
+    assert d.x.dtype == torch.int64 and d.vocab_size == 5 and d.shape == (2,) and d.image_shape == (1, 1, 2)
+    assert "vocab_size=5" in repr(d)
+    assert Dataset(torch.zeros(1, 2, dtype=torch.int64), None, None, "tokens", "t", vocab=["a", "b", "c"]).vocab_size == 3
+
+
+def test_tokens_subset_keeps_fields_and_ordered_split_takes_the_tail() -> None:
+    d = _tokens(10, vocab_size=3, vocab=["a", "b", "c"], image_shape=(1, 2, 2), ordered=True)
+    sub = d.subset([7, 2])
+    assert torch.equal(sub.x, d.x[[7, 2]]) and sub.y.tolist() == [1, 0]
+    assert (sub.kind, sub.vocab_size, sub.vocab, sub.image_shape, sub.ordered) == ("tokens", 3, ["a", "b", "c"], (1, 2, 2), True)
+    train, test = d.split(0.2, seed=5)
+    assert torch.equal(train.x, d.x[:8]) and torch.equal(test.x, d.x[8:]) and torch.equal(test.y, d.y[8:])
+    assert test.ordered and test.vocab == d.vocab and test.name == "tok/test"
+    assert torch.equal(d.split(0.2, seed=6)[1].x, test.x)  # no randomness in an ordered split
+    shuffled_test = _tokens(10, vocab_size=3).split(0.2, seed=5)[1]
+    assert len(shuffled_test) == 2 and shuffled_test.vocab_size == 3
+
+
+def test_decode() -> None:
+    d = _tokens(2, vocab=["a", "b", "\n"])
+    assert d.decode(d.x[0]) == ["ab\na"] and d.decode(d.x) == ["ab\na", "b\nab"]
+    assert d.decode([[2, 0]]) == ["\na"]
+    with pytest.raises(ValueError, match=r"cannot decode id 3 at \[0, 1\]"):
+        d.decode(torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="no vocab"):
+        _tokens(2, vocab_size=3).decode(torch.tensor([0, 1]))
+
+
+def test_text_file_windows_vocab_and_errors(tmp_path: Path) -> None:
+    text = "héllo wörld\r\nabc" * 3  # 16 characters per copy, \r kept as it is
+    (tmp_path / "t.txt").write_bytes(text.encode("utf-8"))
+    d = load_dataset("text_file", path=tmp_path / "t.txt", seq_len=5)
+    assert d.kind == "tokens" and d.ordered and d.name == "t" and d.x.shape == (9, 5)
+    assert d.vocab == sorted(set(text)) and d.vocab_size == len(set(text))
+    assert d.decode(d.x) == [text[i : i + 5] for i in range(0, 45, 5)]  # the last 3 characters are dropped
+    assert len(load_dataset("text_file", path=tmp_path / "t.txt", seq_len=5, limit=2)) == 2
+    with pytest.raises(ValueError, match="fewer than one window"):
+        load_dataset("text_file", path=tmp_path / "t.txt", seq_len=100)
+    with pytest.raises(ValueError, match="seq_len"):
+        load_dataset("text_file", path=tmp_path / "t.txt", seq_len=0)
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe abc")
+    with pytest.raises(ValueError, match=r"bad.txt is not UTF-8"):
+        load_dataset("text_file", path=tmp_path / "bad.txt")
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        load_dataset("text_file", path=tmp_path / "missing.txt")
+
+
+def test_tinyshakespeare_path_options_and_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "tinyshakespeare"
+    folder.mkdir()
+    (folder / "input.txt").write_text("To be, or not to be\n" * 4)
+    for path in (folder / "input.txt", folder, tmp_path):
+        assert load_dataset("tinyshakespeare", path=path, seq_len=8).x.shape == (10, 8)
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    assert data.find_tinyshakespeare() == folder / "input.txt"
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match=rf"looked for: {tmp_path / 'empty' / 'tinyshakespeare' / 'input.txt'}.*path=.*UDM_DATA"):
+        load_dataset("tinyshakespeare")
+
+
+def test_real_tinyshakespeare() -> None:
+    file = data.find_tinyshakespeare()
+    if file is None:
+        pytest.skip(f"Tiny Shakespeare not found at {data.tinyshakespeare_candidates()}; set UDM_DATA to run this test")
+    text = file.read_text(encoding="utf-8")
+    d = load_dataset("tinyshakespeare")
+    assert d.vocab_size == 65 and d.vocab == sorted(set(text)) and d.name == "tinyshakespeare"
+    assert d.x.shape == (len(text) // 64, 64) == (17428, 64) and d.x.dtype == torch.int64
+    assert d.decode(d.x[0]) == [text[:64]]
+    assert d.decode(d.x[1]) == [text[64:128]]  # consecutive, non-overlapping windows
+    assert d.decode(d.x[-1]) == [text[64 * 17427 : 64 * 17428]]
+    train, test = d.split(0.1)
+    assert (len(train), len(test)) == (15685, 1743)
+    assert torch.equal(test.x, d.x[-1743:]) and torch.equal(train.x, d.x[:15685])
+    short = load_dataset("tinyshakespeare", seq_len=256, limit=10)
+    assert short.x.shape == (10, 256) and short.decode(short.x[9]) == [text[2304:2560]] and short.vocab_size == 65
+
+
+def test_binary_mnist_on_synthetic_files(tmp_path: Path) -> None:
+    images, labels = _write_mnist(tmp_path, 6, gz=True)
+    d = load_dataset("binary_mnist", path=tmp_path)
+    assert d.kind == "tokens" and d.x.shape == (6, 784) and d.vocab_size == 2 and d.image_shape == (1, 28, 28)
+    assert torch.equal(d.x, torch.from_numpy((images.reshape(6, 784) / 255.0 > 0.5).astype(np.int64)))
+    assert d.y.tolist() == labels.tolist() and d.num_classes == 10
+    small = load_dataset("binary_mnist", path=tmp_path, size=7, threshold=0.25)
+    pooled = images.astype(np.float32).reshape(6, 7, 4, 7, 4).mean(axis=(2, 4)) / 255.0
+    assert small.x.shape == (6, 49) and small.image_shape == (1, 7, 7)
+    assert torch.equal(small.x, torch.from_numpy((pooled.reshape(6, 49) > 0.25).astype(np.int64)))
+    with pytest.raises(ValueError, match=r"size must divide the image side 28 \(one of 28, 14, 7, 4, 2, 1\).*got 5"):
+        load_dataset("binary_mnist", path=tmp_path, size=5)
+    with pytest.raises(ValueError, match="threshold"):
+        load_dataset("binary_mnist", path=tmp_path, threshold=1.0)
+    with pytest.raises(FileNotFoundError, match=r"looked in: .*load_dataset\('binary_mnist', path=DIR\).*UDM_DATA"):
+        load_dataset("binary_mnist", path=tmp_path / "nowhere")
+
+
+def test_real_binary_mnist() -> None:
+    if data.find_mnist(split="test") is None:
+        pytest.skip(f"MNIST files not found in {data.mnist_search_dirs()}; set UDM_DATA to run this test")
+    d = load_dataset("binary_mnist", split="test", limit=500)
+    assert d.x.shape == (500, 784) and set(d.x.unique().tolist()) == {0, 1} and d.y.tolist()[:3] == [7, 2, 1]
+    assert 0.05 < d.x.float().mean() < 0.3  # ink is a minority of the pixels
+    half = load_dataset("binary_mnist", split="test", limit=500, size=14)
+    assert half.x.shape == (500, 196) and half.image_shape == (1, 14, 14) and set(half.x.unique().tolist()) == {0, 1}
+    with pytest.raises(ValueError, match="size must divide"):
+        load_dataset("binary_mnist", split="test", limit=5, size=5)
+
+
+def test_array_tokens_kind(tmp_path: Path) -> None:
+    np.save(tmp_path / "ids.npy", np.array([[0, 3], [2, 1]], dtype=np.uint8))
+    d = load_dataset("array", path=tmp_path / "ids.npy", kind="tokens")
+    assert d.kind == "tokens" and d.x.dtype == torch.int64 and d.vocab_size == 4
+
+
+# ----------------------------------------------------------------------------- token pictures and text samples
+
+
+def test_tokens_to_images_and_grid(tmp_path: Path) -> None:
+    from udm import viz
+
+    x = torch.tensor([[0, 1, 1, 0], [1, 1, 0, 0]])
+    images = viz.tokens_to_images(x, (1, 2, 2), 2)
+    assert images.shape == (2, 1, 2, 2) and images.dtype == torch.float32
+    assert images[0, 0].tolist() == [[-1.0, 1.0], [1.0, -1.0]]
+    assert viz.tokens_to_images(torch.tensor([[0, 1, 2]]), (1, 1, 3), 3).flatten().tolist() == [-1.0, 0.0, 1.0]
+    out = viz.save_image_grid(images, tmp_path / "tokens.png", scale=1, padding=0, nrow=2)
+    assert np.array_equal(np.asarray(Image.open(out)), np.array([[0, 255, 255, 255], [255, 0, 0, 0]], dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
+        viz.tokens_to_images(torch.tensor([[0, 2, 0, 0]]), (1, 2, 2), 2)
+    with pytest.raises(ValueError, match="L = 4"):
+        viz.tokens_to_images(torch.zeros(2, 5, dtype=torch.int64), (1, 2, 2), 2)
+    with pytest.raises(ValueError, match="integer"):
+        viz.tokens_to_images(torch.zeros(2, 4), (1, 2, 2), 2)
+
+
+def test_save_text_samples(tmp_path: Path) -> None:
+    from udm import viz
+
+    path = viz.save_text_samples(tmp_path / "out" / "samples.txt", ["Thou art\nmore lovely", "é ✓"])
+    assert path == tmp_path / "out" / "samples.txt"
+    assert path.read_bytes().decode("utf-8") == "--- sample 0 ---\nThou art\nmore lovely\n\n--- sample 1 ---\né ✓\n\n"
+    assert [p.name for p in path.parent.iterdir()] == ["samples.txt"]  # no temporary file left behind
+    assert viz.save_text_samples(path, "one").read_text(encoding="utf-8") == "--- sample 0 ---\none\n\n"
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        viz.save_text_samples(path, ["a", 3])

@@ -1,4 +1,4 @@
-"""Pictures of data, samples and training: image grids, 2-D scatter and trajectory plots, loss curves.
+"""Pictures of data, samples and training: image grids, 2-D scatter and trajectory plots, loss curves, text.
 
 Image grids are drawn with PIL alone, pixel for pixel, so they can be checked
 in tests and written from a training loop without a plotting stack. Plots use
@@ -12,6 +12,10 @@ in the target directory and ``os.replace``-s it into place, so an interrupted
 run never leaves a half-written picture, and returns the final ``Path``. The
 format follows the suffix (``.png`` unless the suffix names another format
 PIL or matplotlib can write).
+
+Token data (kind ``"tokens"``) is drawn through :func:`tokens_to_images`,
+which turns ids into the [-1, 1] images the grid writers take, and text
+samples are written with :func:`save_text_samples`.
 """
 
 from __future__ import annotations
@@ -160,6 +164,55 @@ def save_image_grid(
     image = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
     fmt = _pil_format(path)
     return _atomic_write(path, lambda f: image.save(f, format=fmt))
+
+
+def tokens_to_images(x: Tensor | np.ndarray, image_shape: Sequence[int], vocab_size: int) -> Tensor:
+    """Token ids ``x`` (N, L) in ``[0, vocab_size)`` as float32 images (N, *image_shape) in [-1, 1].
+
+    Id ``k`` maps linearly to ``2 k / (vocab_size - 1) - 1``, so binary
+    tokens become -1 (black) and +1 (white) and :func:`save_image_grid` draws
+    them like any image; a vocabulary of one maps to -1. ``x`` may also be
+    already shaped ``(N, *image_shape)``. Ids outside the vocabulary, such as
+    an absorbing mask token left by a sampler, are a ValueError: replace them
+    before drawing.
+    """
+    ids = _as_tensor("x", x)
+    shape = tuple(int(d) for d in image_shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"image_shape must be positive integers, got {tuple(image_shape)}")
+    if int(vocab_size) < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"token ids must be an integer tensor, got {ids.dtype}")
+    if ids.ndim < 2 or ids.shape[0] < 1 or math.prod(ids.shape[1:]) != math.prod(shape):
+        raise ValueError(
+            f"x must have shape (N, L) with L = {math.prod(shape)} tokens per image_shape {shape}, got {tuple(ids.shape)}"
+        )
+    out = (ids < 0) | (ids >= int(vocab_size))
+    if bool(out.any()):
+        raise ValueError(
+            f"{int(out.sum())} token id(s) outside [0, {int(vocab_size)}), e.g. {int(ids[out][0])}; "
+            "replace mask or padding ids before drawing"
+        )
+    scale = 2.0 / max(int(vocab_size) - 1, 1)
+    return (ids.to(torch.float32) * scale - 1.0).reshape(ids.shape[0], *shape)
+
+
+def save_text_samples(path: PathLike, texts: str | Sequence[str]) -> Path:
+    """Write text samples to ``path`` as UTF-8, each under a ``--- sample i ---`` header line, and return the path.
+
+    Samples (e.g. :meth:`udm.data.Dataset.decode` of generated tokens) may
+    themselves span lines, so the headers mark where each one starts; a
+    single string counts as one sample. The file is replaced atomically like
+    every other writer here.
+    """
+    samples = [texts] if isinstance(texts, str) else list(texts)
+    for i, text in enumerate(samples):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    body = "".join(f"--- sample {i} ---\n{text}\n\n" for i, text in enumerate(samples))
+    data = body.encode("utf-8")
+    return _atomic_write(path, lambda f: f.write(data))
 
 
 def trajectory_grid(

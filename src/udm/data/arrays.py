@@ -94,7 +94,8 @@ def array(path: str | Path, key: str | None = None, kind: str | None = None) -> 
     ``x`` or ``images``; labels come from ``y`` or ``labels`` when present.
     ``kind`` None infers ``"image"`` for 4-D arrays and 3-D uint8 arrays and
     ``"points"`` otherwise; points keep their values (cast to float32) and a
-    1-D array becomes ``(N, 1)``.
+    1-D array becomes ``(N, 1)``. ``kind="tokens"`` keeps an integer
+    ``(N, L)`` array as token ids (``vocab_size`` is then ``max + 1``).
     """
     path = Path(path).expanduser()
     if kind is not None and kind not in KINDS:
@@ -110,6 +111,9 @@ def array(path: str | Path, key: str | None = None, kind: str | None = None) -> 
         kind = "image" if x.ndim == 4 or (x.ndim == 3 and x.dtype == np.uint8) else "points"
     if kind == "image":
         xt = _as_image(path, x)
+    elif kind == "tokens":
+        is_int = np.issubdtype(x.dtype, np.integer)
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64 if is_int else x.dtype))
     else:
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         if xt.ndim == 1:

@@ -3,14 +3,19 @@
 Every loader returns a :class:`Dataset`: float tensors ``x`` of shape
 ``(N, *shape)`` with optional int64 labels. Images are ``(N, C, H, W)`` scaled
 to [-1, 1] (:func:`from_uint8` maps byte 0 to -1 and 255 to +1), which is the
-range the Gaussian processes' priors and the samplers' clipping assume. The
+range the Gaussian processes' priors and the samplers' clipping assume.
+Token data for the discrete processes (characters of a text, binarized
+pixels) is the third kind: int64 ids ``(N, L)`` in ``[0, vocab_size)``. The
 data sets this library trains on fit in memory, so there is no lazy loading:
 a model sees the same tensors whatever order the batches come in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,21 +28,33 @@ Tensor = torch.Tensor
 Loader = Callable[..., "Dataset"]
 DATASETS: Registry[Loader] = Registry("dataset")
 
-KINDS = ("points", "image")
+KINDS = ("points", "image", "tokens")
 
 IndexLike = Tensor | np.ndarray | Sequence[int] | Sequence[bool] | slice
 
 
 @dataclass(eq=False, repr=False)
 class Dataset:
-    """Samples ``x`` (float, ``(N, *shape)``) with optional labels ``y`` (int64, ``(N,)``).
+    """Samples ``x`` (``(N, *shape)``) with optional labels ``y`` (int64, ``(N,)``).
 
-    ``kind`` is ``"points"`` for vectors (2-D toys, flat features) or
-    ``"image"`` for ``(N, C, H, W)`` tensors in [-1, 1]. Construction checks
-    the invariants every consumer relies on (floating, non-empty, finite,
-    labels matching), so a bad file fails here with its name rather than as
-    a NaN loss a thousand steps later. Labels without ``num_classes`` get
+    ``kind`` is ``"points"`` for float vectors (2-D toys, flat features),
+    ``"image"`` for float ``(N, C, H, W)`` tensors in [-1, 1], or ``"tokens"``
+    for int64 ids ``(N, L)`` in ``[0, vocab_size)``, the data of the discrete
+    processes. Construction checks the invariants every consumer relies on
+    (dtype, non-empty, finite or in range, labels matching), so a bad file
+    fails here with its name rather than as a NaN loss or an index error a
+    thousand steps later. Labels without ``num_classes`` get
     ``num_classes = max(y) + 1``.
+
+    Token fields (kind ``"tokens"`` only): ``vocab_size`` (default
+    ``len(vocab)`` if ``vocab`` is given, else ``max(x) + 1``); ``vocab``,
+    the string each id stands for (one character per id for text), which
+    :meth:`decode` uses; ``image_shape``, the ``(C, H, W)`` a row of ``L``
+    tokens reshapes to for plotting token images such as binarized MNIST.
+
+    ``ordered`` marks sequential data whose samples must not be shuffled
+    across the train/test boundary, such as consecutive windows of one text:
+    :meth:`split` then holds out the last samples instead of random ones.
     """
 
     x: Tensor
@@ -45,6 +62,10 @@ class Dataset:
     num_classes: int | None
     kind: str
     name: str
+    vocab_size: int | None = None
+    vocab: list[str] | None = None
+    image_shape: tuple[int, ...] | None = None
+    ordered: bool = False
 
     def __post_init__(self) -> None:
         x = self.x
@@ -52,6 +73,18 @@ class Dataset:
             raise TypeError(f"dataset {self.name!r}: x must be a torch.Tensor, got {type(x).__name__}")
         if self.kind not in KINDS:
             raise ValueError(f"dataset {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        self.ordered = bool(self.ordered)
+        if self.kind == "tokens":
+            self._check_tokens()
+        else:
+            self._check_floats()
+        self._check_labels()
+
+    def _check_floats(self) -> None:
+        x = self.x
+        for field in ("vocab_size", "vocab", "image_shape"):
+            if getattr(self, field) is not None:
+                raise ValueError(f"dataset {self.name!r}: {field} only applies to kind 'tokens', not {self.kind!r}")
         if not x.is_floating_point():
             raise ValueError(
                 f"dataset {self.name!r}: x must be a floating tensor, got {x.dtype}; "
@@ -72,7 +105,52 @@ class Dataset:
             raise ValueError(
                 f"dataset {self.name!r} has {bad} non-finite value(s) (NaN or inf); the first is in sample {first}"
             )
-        self._check_labels()
+
+    def _check_tokens(self) -> None:
+        x = self.x
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(
+                f"dataset {self.name!r}: token ids must be an integer tensor, got {x.dtype}; "
+                "map values to ids 0..vocab_size-1 first"
+            )
+        if x.ndim != 2:
+            raise ValueError(f"dataset {self.name!r}: token data must be (N, L), got {tuple(x.shape)}")
+        if x.numel() == 0:
+            raise ValueError(f"dataset {self.name!r} is empty: x has shape {tuple(x.shape)}")
+        self.x = x = x.to(torch.int64)
+        if self.vocab is not None:
+            if isinstance(self.vocab, str) or not all(isinstance(v, str) for v in self.vocab):
+                raise ValueError(f"dataset {self.name!r}: vocab must be a sequence of strings, one per id")
+            self.vocab = list(self.vocab)
+            if self.vocab_size is None:
+                self.vocab_size = len(self.vocab)
+        if self.vocab_size is None:
+            self.vocab_size = int(x.max()) + 1
+        if isinstance(self.vocab_size, bool) or int(self.vocab_size) != self.vocab_size or self.vocab_size < 1:
+            raise ValueError(f"dataset {self.name!r}: vocab_size must be an integer >= 1, got {self.vocab_size!r}")
+        self.vocab_size = vocab_size = int(self.vocab_size)
+        if self.vocab is not None and len(self.vocab) != vocab_size:
+            raise ValueError(
+                f"dataset {self.name!r}: vocab has {len(self.vocab)} entries but vocab_size is {vocab_size}"
+            )
+        out = (x < 0) | (x >= vocab_size)
+        if bool(out.any()):
+            i, j = (int(v) for v in out.nonzero()[0])
+            raise ValueError(
+                f"dataset {self.name!r}: {int(out.sum())} token id(s) outside [0, {vocab_size}); "
+                f"the first is x[{i}, {j}] = {int(x[i, j])}"
+            )
+        if self.image_shape is not None:
+            shape = tuple(self.image_shape)
+            if not shape or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1 for d in shape):
+                raise ValueError(f"dataset {self.name!r}: image_shape must be positive integers, got {self.image_shape!r}")
+            shape = tuple(int(d) for d in shape)
+            if math.prod(shape) != x.shape[1]:
+                raise ValueError(
+                    f"dataset {self.name!r}: image_shape {shape} holds {math.prod(shape)} tokens "
+                    f"but each sample has L = {x.shape[1]}"
+                )
+            self.image_shape = shape
 
     def _check_labels(self) -> None:
         y = self.y
@@ -106,22 +184,23 @@ class Dataset:
 
     def __repr__(self) -> str:
         classes = "" if self.num_classes is None else f", num_classes={self.num_classes}"
-        return f"Dataset({self.name!r}, kind={self.kind!r}, n={len(self)}, shape={self.shape}{classes})"
+        vocab = "" if self.vocab_size is None else f", vocab_size={self.vocab_size}"
+        return f"Dataset({self.name!r}, kind={self.kind!r}, n={len(self)}, shape={self.shape}{vocab}{classes})"
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """The shape of one sample, e.g. ``(2,)`` for 2-D points or ``(1, 28, 28)`` for MNIST."""
+        """The shape of one sample, e.g. ``(2,)`` for 2-D points, ``(1, 28, 28)`` for MNIST, ``(L,)`` for tokens."""
         return tuple(self.x.shape[1:])
 
     def subset(self, idx: IndexLike) -> Dataset:
-        """The samples at ``idx`` (integer indices, a boolean mask or a slice), labels kept with them."""
+        """The samples at ``idx`` (integer indices, a boolean mask or a slice), labels and token fields kept."""
         if not isinstance(idx, slice):
             idx = torch.as_tensor(np.asarray(idx) if not isinstance(idx, Tensor) else idx)
             if idx.dtype == torch.bool:
                 idx = idx.nonzero().flatten()
             idx = idx.to(torch.int64).flatten()
         y = None if self.y is None else self.y[idx]
-        return Dataset(self.x[idx], y, self.num_classes, self.kind, self.name)
+        return dataclasses.replace(self, x=self.x[idx], y=y)
 
     def split(self, test_fraction: float = 0.1, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Disjoint ``(train, test)`` parts; the same ``seed`` always gives the same split.
@@ -129,6 +208,15 @@ class Dataset:
         The test part holds ``round(test_fraction * N)`` samples (at least one,
         leaving at least one for training), drawn by a permutation from a local
         generator; both parts keep the original order of their samples.
+
+        An ``ordered`` data set (consecutive windows of one text) is split
+        without shuffling and ``seed`` is ignored: the test part is the LAST
+        ``round(test_fraction * N)`` samples and the training part everything
+        before them. Held-out text is then the end of the corpus, unseen in
+        any training window, as in character-level language modelling (e.g.
+        nanoGPT's first-90% / last-10% split of Tiny Shakespeare); a random
+        split would put test windows between training windows that share
+        their context.
         """
         if not 0.0 < float(test_fraction) < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
@@ -136,12 +224,43 @@ class Dataset:
         if n < 2:
             raise ValueError(f"dataset {self.name!r} has {n} sample(s); a split needs at least 2")
         n_test = min(max(1, round(float(test_fraction) * n)), n - 1)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-        test_idx, _ = perm[:n_test].sort()
-        train_idx, _ = perm[n_test:].sort()
-        train, test = self.subset(train_idx), self.subset(test_idx)
+        if self.ordered:
+            train, test = self.subset(slice(0, n - n_test)), self.subset(slice(n - n_test, n))
+        else:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+            test_idx, _ = perm[:n_test].sort()
+            train_idx, _ = perm[n_test:].sort()
+            train, test = self.subset(train_idx), self.subset(test_idx)
         train.name, test.name = f"{self.name}/train", f"{self.name}/test"
         return train, test
+
+    def decode(self, tokens: Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]]) -> list[str]:
+        """The text of token ids: one string per row of ``tokens`` ``(N, L)``; a single row ``(L,)`` gives one string.
+
+        Each id is replaced by its ``vocab`` entry and the entries of a row are
+        joined, so ``decode(d.x[:4])`` shows four samples (or model outputs)
+        as text. Needs a ``vocab``; ids outside ``[0, vocab_size)``, such as a
+        mask token a sampler has not replaced, are a ValueError.
+        """
+        if self.vocab is None:
+            raise ValueError(
+                f"dataset {self.name!r} has no vocab to decode with; only text token data sets (vocab=...) can decode"
+            )
+        ids = torch.as_tensor(tokens.detach().cpu() if isinstance(tokens, Tensor) else np.asarray(tokens))
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"decode expects integer token ids, got {ids.dtype}")
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2:
+            raise ValueError(f"decode expects token ids of shape (L,) or (N, L), got {tuple(ids.shape)}")
+        out = (ids < 0) | (ids >= len(self.vocab))
+        if bool(out.any()):
+            i, j = (int(v) for v in out.nonzero()[0])
+            raise ValueError(
+                f"cannot decode id {int(ids[i, j])} at [{i}, {j}]: the vocab of {self.name!r} has ids 0..{len(self.vocab) - 1}"
+            )
+        vocab = self.vocab
+        return ["".join(vocab[t] for t in row) for row in ids.tolist()]
 
 
 def to_uint8(x: Tensor) -> Tensor:

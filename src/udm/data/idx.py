@@ -12,14 +12,17 @@ content, not their suffix.
 Where the files are looked for, in order, when no ``path`` is given: the
 directory ``$UDM_DATA/mnist`` if the environment variable ``UDM_DATA`` is set
 (and only there), else ``../shared/data/mnist`` relative to the repository
-root and then relative to the current working directory.
+root and then relative to the current working directory (the rule of
+:mod:`udm.data.paths`, shared with the text loaders).
+
+``binary_mnist`` reads the same files as token data for discrete diffusion:
+each pixel becomes a 0/1 token after an optional average-pool resize.
 """
 
 from __future__ import annotations
 
 import gzip
 import math
-import os
 import zlib
 from pathlib import Path
 
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from .base import DATASETS, Dataset, from_uint8
+from .paths import DATA_ENV, data_search_dirs
 
 #: IDX element type code -> numpy dtype (big-endian where it matters)
 IDX_TYPES: dict[int, np.dtype] = {
@@ -40,9 +44,6 @@ IDX_TYPES: dict[int, np.dtype] = {
 MAGIC_IMAGES = 0x00000803
 MAGIC_LABELS = 0x00000801
 SPLITS = {"train": "train", "test": "t10k"}
-
-#: the environment variable naming a directory that contains ``mnist/``
-DATA_ENV = "UDM_DATA"
 
 
 def _raw_bytes(path: Path) -> bytes:
@@ -92,31 +93,9 @@ def _magic(array: np.ndarray) -> int:
     return (codes[array.dtype] << 8) | array.ndim
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[3]
-
-
-def default_data_dir() -> Path:
-    """The data root: ``$UDM_DATA`` if set, else ``../shared/data`` beside the repository root."""
-    env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env).expanduser()
-    return _repo_root().parent / "shared" / "data"
-
-
 def mnist_search_dirs(path: str | Path | None = None) -> list[Path]:
     """The directories :func:`find_mnist` looks in, in order (see the module docstring)."""
-    if path is not None:
-        dirs = [Path(path).expanduser(), Path(path).expanduser() / "mnist"]
-    elif os.environ.get(DATA_ENV):
-        dirs = [default_data_dir() / "mnist"]
-    else:
-        dirs = [_repo_root().parent / "shared" / "data" / "mnist", Path.cwd().parent / "shared" / "data" / "mnist"]
-    unique: list[Path] = []
-    for d in dirs:
-        if d not in unique:
-            unique.append(d)
-    return unique
+    return data_search_dirs("mnist", path)
 
 
 def mnist_files(directory: str | Path, split: str = "train") -> tuple[Path, Path] | None:
@@ -147,14 +126,11 @@ def find_mnist(path: str | Path | None = None, split: str = "train") -> Path | N
     return None
 
 
-@DATASETS.register("mnist")
-def mnist(path: str | Path | None = None, split: str = "train", limit: int | None = None) -> Dataset:
-    """MNIST-format digits (or Fashion-MNIST, same file names) as ``(N, 1, 28, 28)`` in [-1, 1], 10 classes.
+def _read_mnist(path: str | Path | None, split: str, limit: int | None, loader: str) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``(images (N, H, W) uint8, labels (N,) uint8)`` of ``split``, the first ``limit`` of them.
 
-    ``path`` is a directory holding ``train-images-idx3-ubyte[.gz]``,
-    ``train-labels-idx1-ubyte[.gz]``, ``t10k-...`` (or a directory with such
-    an ``mnist/`` inside); by default the search of the module docstring.
-    ``limit`` keeps the first ``limit`` samples of the split.
+    ``loader`` is the registered name the caller was loaded under, so the
+    "not found" message tells the user the call that would fix it.
     """
     if split not in SPLITS:
         raise ValueError(f"MNIST split must be one of {sorted(SPLITS)}, got {split!r}")
@@ -166,7 +142,7 @@ def mnist(path: str | Path | None = None, split: str = "train", limit: int | Non
         prefix = SPLITS[split]
         raise FileNotFoundError(
             f"MNIST {split} files ({prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz]) not found; "
-            f"looked in: {looked}. Pass load_dataset('mnist', path=DIR) with DIR holding those files, "
+            f"looked in: {looked}. Pass load_dataset({loader!r}, path=DIR) with DIR holding those files, "
             f"or set {DATA_ENV} to a directory that contains mnist/"
         )
     image_file, label_file = mnist_files(directory, split)
@@ -183,6 +159,59 @@ def mnist(path: str | Path | None = None, split: str = "train", limit: int | Non
         raise ValueError(f"{label_file}: labels must be 0..9, found {int(labels.max())}")
     if limit is not None:
         images, labels = images[: int(limit)], labels[: int(limit)]
+    return images, labels
+
+
+@DATASETS.register("mnist")
+def mnist(path: str | Path | None = None, split: str = "train", limit: int | None = None) -> Dataset:
+    """MNIST-format digits (or Fashion-MNIST, same file names) as ``(N, 1, 28, 28)`` in [-1, 1], 10 classes.
+
+    ``path`` is a directory holding ``train-images-idx3-ubyte[.gz]``,
+    ``train-labels-idx1-ubyte[.gz]``, ``t10k-...`` (or a directory with such
+    an ``mnist/`` inside); by default the search of the module docstring.
+    ``limit`` keeps the first ``limit`` samples of the split.
+    """
+    images, labels = _read_mnist(path, split, limit, "mnist")
     x = from_uint8(torch.from_numpy(images.copy())).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
     return Dataset(x, y, 10, "image", f"mnist-{split}")
+
+
+@DATASETS.register("binary_mnist")
+def binary_mnist(
+    path: str | Path | None = None,
+    split: str = "train",
+    limit: int | None = None,
+    size: int = 28,
+    threshold: float = 0.5,
+) -> Dataset:
+    """MNIST as binary tokens for discrete diffusion: ``(N, size * size)`` ids in {0, 1}, 10 classes.
+
+    Pixels are scaled to [0, 1] (byte / 255), average-pooled over
+    non-overlapping ``k x k`` blocks with ``k = 28 // size`` (so ``size``
+    must divide 28: 28, 14, 7, 4, 2 or 1), and a pixel becomes token 1 (ink)
+    where its value is strictly above ``threshold`` and 0 otherwise. Rows are
+    the images in row-major order; ``image_shape`` is ``(1, size, size)`` so
+    :func:`udm.viz.tokens_to_images` can draw them. ``path``, ``split`` and
+    ``limit`` are those of :func:`mnist`, and so is the error for missing files.
+    """
+    if not 0.0 <= float(threshold) < 1.0:
+        raise ValueError(f"threshold must be in [0, 1), got {threshold}")
+    images, labels = _read_mnist(path, split, limit, "binary_mnist")
+    n, height, width = images.shape
+    if height != width:
+        raise ValueError(f"binary_mnist needs square images, got {height}x{width}")
+    divisors = [d for d in range(height, 0, -1) if height % d == 0]
+    if isinstance(size, bool) or int(size) != size or int(size) not in divisors:
+        raise ValueError(
+            f"size must divide the image side {height} (one of {', '.join(map(str, divisors))}) "
+            f"so that average pooling uses whole blocks, got {size}"
+        )
+    size = int(size)
+    k = height // size
+    pixels = images.astype(np.float32) / 255.0
+    if k > 1:
+        pixels = pixels.reshape(n, size, k, size, k).mean(axis=(2, 4))
+    tokens = torch.from_numpy((pixels > float(threshold)).reshape(n, size * size).astype(np.int64))
+    y = torch.from_numpy(labels.astype(np.int64))
+    return Dataset(tokens, y, 10, "tokens", f"binary_mnist-{split}", vocab_size=2, image_shape=(1, size, size))
