@@ -52,7 +52,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 SAMPLE_DEFAULTS: dict[str, Any] = {"sampler": "dpmpp_2m", "steps": 50, "grid": None, "n": 64, "eval_n": 2000, "options": {}}
-LOSS_DEFAULTS: dict[str, Any] = {"weighting": "target", "time_sampler": {"name": "uniform"}, "gamma": 5.0}
+LOSS_DEFAULTS: dict[str, Any] = {"weighting": "target", "time_sampler": {"name": "uniform"}, "gamma": 5.0, "norm": "l2"}
 TOP_KEYS = ("name", "seed", "data", "process", "prediction", "network", "loss", "train", "sample")
 REQUIRED = ("data", "process", "network")
 
@@ -161,7 +161,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     """Check every key and value of ``config`` and return it with all defaults filled in."""
     from .data import DATASETS
     from .denoiser import PARAMETERIZATIONS
-    from .losses import TIME_SAMPLERS, WEIGHTINGS
+    from .losses import CE_WEIGHTINGS, NORMS, TIME_SAMPLERS, WEIGHTINGS
     from .nets import NETWORKS
     from .processes import PROCESSES
     from .samplers import SAMPLERS
@@ -200,8 +200,18 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     out["network"] = network
 
     loss = _merge_known("loss", config.get("loss"), LOSS_DEFAULTS)
-    if loss["weighting"] not in WEIGHTINGS:
-        raise ConfigError(f"config key 'loss.weighting' is {loss['weighting']!r}; allowed values: {', '.join(WEIGHTINGS)}")
+    logits = prediction["name"] == "logits"
+    allowed = ("target", *CE_WEIGHTINGS) if logits else WEIGHTINGS
+    if loss["weighting"] not in allowed:
+        raise ConfigError(
+            f"config key 'loss.weighting' is {loss['weighting']!r}; allowed values with prediction "
+            f"{prediction['name']!r}: {', '.join(allowed)}"
+        )
+    if loss["norm"] not in NORMS or (loss["norm"] != "l2" and (logits or loss["weighting"] != "target")):
+        raise ConfigError(
+            f"config key 'loss.norm' is {loss['norm']!r}; allowed: l2, or l1 with weighting 'target' "
+            "(the cold-diffusion restoration loss); the logits prediction takes l2 (cross-entropy)"
+        )
     ts = _named("loss.time_sampler", loss["time_sampler"], TIME_SAMPLERS, default="uniform")
     check_options("loss.time_sampler", "time sampler", ts["name"], TIME_SAMPLERS.get(ts["name"]), _opts(ts))
     loss["time_sampler"] = ts

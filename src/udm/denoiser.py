@@ -124,8 +124,32 @@ class EDMParameterization(Parameterization):
         return {"sigma_data": self.sigma_data}
 
 
+class LogitsParameterization(Parameterization):
+    """The network outputs the logits of a categorical q(x0 | x_t) (THEORY §3.1, discrete data; §4.3-§4.5).
+
+    There is no affine map to x0 here: :class:`TokenDenoiser` returns the logits
+    and the process's ``estimate_x0`` draws x0_hat from them.
+    """
+
+    name = "logits"
+
+    def coefficients(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
+        raise ValueError(
+            "the 'logits' prediction is a distribution over tokens, not an affine function of x_t; "
+            "use a TokenDenoiser and a discrete process (mask, edit, encoder)"
+        )
+
+
 PARAMETERIZATIONS: Registry[Callable[..., Parameterization]] = Registry("parameterization")
-for _cls in (Parameterization, EpsParameterization, ScoreParameterization, VParameterization, VelocityParameterization, EDMParameterization):
+for _cls in (
+    Parameterization,
+    EpsParameterization,
+    ScoreParameterization,
+    VParameterization,
+    VelocityParameterization,
+    EDMParameterization,
+    LogitsParameterization,
+):
     PARAMETERIZATIONS.register(_cls.name, _cls)
 
 
@@ -201,3 +225,46 @@ class Denoiser(nn.Module):
     def predict(self, x: Tensor, t: float | Tensor, kind: str = "x0", cond: object = None) -> Tensor:
         """The network's estimate expressed as ``kind`` (x0, eps, score, v, velocity, edm)."""
         return convert(self.raw(x, t, cond), x, t, self.process, self.parameterization, kind)
+
+
+class TokenDenoiser(nn.Module):
+    """Logits of q(x0 | x_t, t) for processes over tokens (THEORY §3.1 "discrete data", §4.3-§4.5).
+
+    ``net(x_t, t[, cond])`` returns logits of shape ``process.output_shape(x_t.shape)``
+    (a vocabulary axis after the positions); the sampler turns them into x0_hat
+    with ``process.estimate_x0``. Time reaches the network as raw t, like the
+    ``x0`` parameterization of :class:`Denoiser`.
+    """
+
+    parameterization = LogitsParameterization()
+    prediction = "logits"
+
+    def __init__(self, net: Callable[..., Tensor], process: Process) -> None:
+        super().__init__()
+        self.net = net
+        self.process = process
+
+    def raw(self, x: Tensor, t: float | Tensor, cond: object = None) -> Tensor:
+        """The logits at (x_t, t), shape checked against the process."""
+        tt = torch.as_tensor(t, dtype=torch.float64, device=x.device).reshape(-1)
+        t_in = tt.to(torch.float32).expand(x.shape[0]) if tt.numel() == 1 else tt.to(torch.float32)
+        out = self.net(x, t_in) if cond is None else self.net(x, t_in, cond)
+        expected = self.process.output_shape(x.shape)
+        if not isinstance(out, Tensor) or tuple(out.shape) != tuple(expected):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"the network returned shape {shape} for x_t of shape {tuple(x.shape)}, but process "
+                f"{self.process.name!r} needs logits of shape {tuple(expected)} (set the network's vocab_size to match)"
+            )
+        return out
+
+    def forward(self, x: Tensor, t: float | Tensor, cond: object = None) -> Tensor:
+        """Logits of q(x0 | x_t, t)."""
+        return self.raw(x, t, cond)
+
+
+def make_denoiser(net: Callable[..., Tensor], process: Process, prediction: str | Parameterization, **kwargs) -> nn.Module:
+    """A :class:`TokenDenoiser` for the ``logits`` prediction, else a :class:`Denoiser`."""
+    if get_parameterization(prediction, **kwargs).name == LogitsParameterization.name:
+        return TokenDenoiser(net, process)
+    return Denoiser(net, process, prediction, **kwargs)

@@ -300,12 +300,20 @@ class LossOutput:
     objective: Tensor
 
 
+NORMS = ("l2", "l1")
+
+
 class DenoisingLoss:
     """E_t E_{x0, eps} w(t) lambda(t) ||x0_hat(F_t(x0, eps), t) - x0||^2, computed in the network's target space.
 
     ``weighting`` is one of ``WEIGHTINGS`` (module docstring); ``time_sampler``
     a ``TIME_SAMPLERS`` spec; ``gamma`` the min-SNR cap. Works for any process
-    with the Process protocol and a Gaussian-family parameterization.
+    with the Process protocol: Gaussian-family parameterizations need a
+    Gaussian process, the ``x0`` prediction works for any continuous one.
+
+    ``norm="l1"`` is the restoration loss ||x0 - G_t(x_t)||_1 of cold
+    diffusion, the Laplace ("l1 normal") posterior family of THEORY §4.2; the
+    weightings are L2 identities, so L1 takes the network's own target only.
     """
 
     def __init__(
@@ -313,12 +321,18 @@ class DenoisingLoss:
         weighting: str = "target",
         time_sampler: str | dict | TimeSampler | None = None,
         gamma: float = 5.0,
+        norm: str = "l2",
     ) -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown loss weighting {weighting!r}; valid weightings: {', '.join(WEIGHTINGS)}")
+        if norm not in NORMS:
+            raise ValueError(f"unknown loss norm {norm!r}; valid norms: {', '.join(NORMS)}")
+        if norm == "l1" and weighting != "target":
+            raise ValueError(f"the l1 norm takes weighting 'target' (the weightings are L2 identities), got {weighting!r}")
         self.weighting = weighting
         self.time_sampler = get_time_sampler(time_sampler)
         self.gamma = float(gamma)
+        self.norm = norm
 
     def factor(self, denoiser: Denoiser, t: Tensor) -> Tensor | None:
         """lambda(t) / b_pred(t)^2 (None when the weighting is the network's own target: factor 1)."""
@@ -357,7 +371,8 @@ class DenoisingLoss:
         pred = denoiser.raw(x_t, t, cond)
         target = from_x0(x0, x_t, t, process, denoiser.parameterization)
         dtype = torch.promote_types(pred.dtype, torch.float32)  # at least float32; float64 stays float64
-        err = (pred.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(1)
+        diff = pred.to(dtype) - target.to(dtype)
+        err = (diff.abs() if self.norm == "l1" else diff.pow(2)).flatten(1).mean(1)
         factor = self.factor(denoiser, t)
         scale = w if factor is None else w * factor.reshape(-1)
         per_sample = err * scale.to(err.dtype)
@@ -372,4 +387,103 @@ class DenoisingLoss:
         self.time_sampler.load_state_dict(state)
 
     def config(self) -> dict:
-        return {"weighting": self.weighting, "time_sampler": self.time_sampler.config(), "gamma": self.gamma}
+        return {"weighting": self.weighting, "time_sampler": self.time_sampler.config(), "gamma": self.gamma, "norm": self.norm}
+
+
+CE_WEIGHTINGS = ("uniform", "elbo")
+
+
+class CrossEntropyLoss:
+    """E_t E_{x0, eps} w(t) [-log q(x0 | F_t(x0, eps), t)] for categorical q (THEORY §3.1 "discrete data", U1).
+
+    The network outputs logits over the vocabulary at every position; the loss
+    is the token cross-entropy at the positions the process says carry
+    information about x0 (``process.loss_positions(x_t, x0)``: the masked ones
+    for the absorbing process, THEORY §4.4; all of them by default).
+
+    * ``weighting="uniform"``: the mean cross-entropy over those positions;
+    * ``weighting="elbo"``: ``process.elbo_weight(t)`` times their *sum*,
+      divided by the length L, so that E_t[...] with t from the uniform time
+      sampler is an upper bound on -log p(x0) / L in nats per token (the
+      absorbing-process ELBO; divide by ln 2 for bits per token).
+
+    The mask column of a mask process's logits (id V) is not a data token and
+    is dropped before the softmax, so it cannot absorb probability.
+    """
+
+    def __init__(self, weighting: str = "uniform", time_sampler: str | dict | TimeSampler | None = None) -> None:
+        if weighting not in CE_WEIGHTINGS:
+            raise ValueError(f"unknown cross-entropy weighting {weighting!r}; valid weightings: {', '.join(CE_WEIGHTINGS)}")
+        self.weighting = weighting
+        self.time_sampler = get_time_sampler(time_sampler)
+
+    def draw(
+        self, process: Process, x0: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(t, w, eps): times and importance weights (float64) and the process noise (float32)."""
+        t, w = self.time_sampler(process, x0.shape[0], generator, x0.device)
+        eps = process.sample_noise(process.state_shape(x0.shape), generator, dtype=torch.float32, device=x0.device)
+        return t.to(x0.device), w.to(x0.device), eps.to(x0.device)
+
+    def __call__(
+        self,
+        denoiser,
+        x0: Tensor,
+        cond: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        t: Tensor | None = None,
+        w: Tensor | None = None,
+        eps: Tensor | None = None,
+    ) -> LossOutput:
+        """The loss on a batch of token sequences ``x0`` (B, L); (t, w, eps) are drawn unless given."""
+        process = denoiser.process
+        if t is None or eps is None:
+            t_drawn, w_drawn, eps_drawn = self.draw(process, x0, generator)
+            t, w = (t_drawn, w_drawn) if t is None else (t, w)
+            eps = eps_drawn if eps is None else eps
+        w = torch.ones_like(t) if w is None else w
+        x_t = process.corrupt(x0, t, eps)
+        logits = denoiser.raw(x_t, t, cond)
+        vocab = getattr(process, "vocab_size", logits.shape[-1])
+        logp = torch.log_softmax(logits[..., :vocab].float(), dim=-1)
+        nll = -logp.gather(-1, x0.long().unsqueeze(-1)).squeeze(-1).flatten(1)
+        positions = getattr(process, "loss_positions", None)
+        keep = torch.ones_like(nll) if positions is None else positions(x_t, x0).flatten(1).to(nll.dtype)
+        total = (nll * keep).sum(1)
+        if self.weighting == "elbo":
+            if not hasattr(process, "elbo_weight"):
+                raise ValueError(f"process {process.name!r} has no ELBO weight; use weighting 'uniform'")
+            objective = process.elbo_weight(t).reshape(-1).to(total.dtype) * total / nll.shape[1]
+        else:
+            objective = total / keep.sum(1).clamp(min=1.0)
+        per_sample = objective * w.to(objective.dtype)
+        return LossOutput(per_sample.mean(), per_sample, t, w, objective.detach())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The time sampler's state (checkpointed for exact resume)."""
+        return self.time_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.time_sampler.load_state_dict(state)
+
+    def config(self) -> dict:
+        return {"weighting": self.weighting, "time_sampler": self.time_sampler.config()}
+
+
+def make_loss(
+    prediction: str,
+    weighting: str | None = None,
+    time_sampler: str | dict | TimeSampler | None = None,
+    gamma: float = 5.0,
+    norm: str = "l2",
+) -> DenoisingLoss | CrossEntropyLoss:
+    """The training objective a config asks for: cross-entropy for the ``logits`` prediction, else denoising.
+
+    ``weighting=None`` (or ``"target"`` with logits) takes each loss's default.
+    """
+    if prediction == "logits":
+        if norm != "l2":
+            raise ValueError("loss.norm applies to the denoising loss; the logits prediction is trained by cross-entropy")
+        return CrossEntropyLoss("uniform" if weighting in (None, "target") else weighting, time_sampler)
+    return DenoisingLoss(weighting or "target", time_sampler, gamma, norm)

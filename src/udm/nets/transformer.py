@@ -54,29 +54,30 @@ class SelfAttention(nn.Module):
     contiguous, which the fused (flash / memory-efficient) SDPA kernels need.
     """
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, causal: bool = False) -> None:
         super().__init__()
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"attention width ({dim}) must be divisible by num_heads ({num_heads})")
         self.num_heads = num_heads
         self.dropout = dropout
+        self.causal = causal
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal)
         return self.proj(h.transpose(1, 2).reshape(b, n, d))
 
 
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block (self-attention + MLP) with adaLN-Zero modulation by c."""
 
-    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0) -> None:
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, causal: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(hidden, num_heads, dropout)
+        self.attn = SelfAttention(hidden, num_heads, dropout, causal)
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         mlp_hidden = int(hidden * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -97,12 +98,19 @@ class TransformerTrunk(nn.Module):
     """``depth`` adaLN-Zero blocks, then a modulated LayerNorm and a zero-initialised Linear(hidden, out_dim)."""
 
     def __init__(
-        self, hidden: int, depth: int, num_heads: int, out_dim: int, mlp_ratio: float = 4.0, dropout: float = 0.0
+        self,
+        hidden: int,
+        depth: int,
+        num_heads: int,
+        out_dim: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        causal: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
-        self.blocks = nn.ModuleList(TransformerBlock(hidden, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(hidden, num_heads, mlp_ratio, dropout, causal) for _ in range(depth))
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Linear(hidden, 2 * hidden)
         self.head = nn.Linear(hidden, out_dim)
@@ -178,8 +186,10 @@ class SequenceTransformer(nn.Module):
     """Transformer over token sequences: ``forward(x, t, cond=None)`` maps ids (B, L), L <= seq_len, to logits (B, L, vocab_size).
 
     Attention is bidirectional (the whole noisy sequence is visible, as in
-    masked / uniform discrete diffusion); positions are learned. The head is
-    zero-initialised, so an untrained network gives uniform logits.
+    masked / uniform discrete diffusion); ``causal=True`` makes position i see
+    only positions <= i, the autoregressive baseline the text benchmark
+    compares against. Positions are learned. The head is zero-initialised, so
+    an untrained network gives uniform logits.
     """
 
     def __init__(
@@ -191,6 +201,8 @@ class SequenceTransformer(nn.Module):
         num_heads: int = 4,
         num_classes: int | None = None,
         time_scale: float = 1.0,
+        dropout: float = 0.0,
+        causal: bool = False,
     ) -> None:
         super().__init__()
         if vocab_size < 1 or seq_len < 1:
@@ -201,7 +213,7 @@ class SequenceTransformer(nn.Module):
         self.tokens = nn.Embedding(vocab_size, hidden)
         self.pos = nn.Parameter(torch.randn(1, seq_len, hidden) * 0.02)
         self.cond_embed = ConditionEmbedding(hidden, hidden, "sinusoidal", time_scale, num_classes)
-        self.trunk = TransformerTrunk(hidden, depth, num_heads, vocab_size)
+        self.trunk = TransformerTrunk(hidden, depth, num_heads, vocab_size, dropout=dropout, causal=causal)
 
     @property
     def null_class(self) -> int | None:

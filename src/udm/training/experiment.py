@@ -18,10 +18,10 @@ from torch import nn
 
 from ..config import ConfigError, options
 from ..data import Dataset, load_dataset
-from ..denoiser import Denoiser
-from ..losses import DenoisingLoss
+from ..denoiser import make_denoiser
+from ..losses import CrossEntropyLoss, DenoisingLoss, make_loss
 from ..nets import NETWORKS
-from ..processes import Process, get_process
+from ..processes import PROCESSES, Process, get_process
 
 
 @dataclass
@@ -31,8 +31,8 @@ class Experiment:
     config: dict[str, Any]
     process: Process
     net: nn.Module
-    denoiser: Denoiser
-    loss: DenoisingLoss
+    denoiser: nn.Module
+    loss: DenoisingLoss | CrossEntropyLoss
     train_data: Dataset | None = None
     test_data: Dataset | None = None
 
@@ -52,24 +52,55 @@ def default_time_scale(process: Process, prediction: str) -> float:
     return 250.0 if prediction == "edm" else 1000.0 / process.t_max
 
 
-def resolve_network(config: dict[str, Any], shape: tuple[int, ...], num_classes: int | None = None) -> dict[str, Any]:
-    """``config['network']`` with shape-dependent options and time_scale filled in where the network takes them."""
-    section = dict(config["network"])
-    params = inspect.signature(NETWORKS.get(section["name"])).parameters
-    process = get_process(config["process"]["name"], **options(config["process"]))
-    auto = {
-        "shape": list(shape),
-        "in_channels": shape[0] if len(shape) == 3 else None,
-        "image_size": shape[-1] if len(shape) == 3 else None,
-        "time_scale": default_time_scale(process, config["prediction"]["name"]),
-    }
+def _fill(section: dict[str, Any], factory: Any, auto: dict[str, Any]) -> dict[str, Any]:
+    """``section`` with each ``auto`` value set where ``factory`` takes that option and the section leaves it out."""
+    params = inspect.signature(factory).parameters
     for key, value in auto.items():
         if key in params and key not in section and value is not None:
             section[key] = value
     return section
 
 
-def build_model(config: dict[str, Any]) -> tuple[Process, nn.Module, Denoiser]:
+def resolve_process(config: dict[str, Any], data: Dataset) -> dict[str, Any]:
+    """``config['process']`` with data-dependent options filled in (written back, so checkpoints rebuild it).
+
+    Token processes take ``vocab_size`` and ``seq_len`` from token data; a
+    process with a fitted prior (the cold processes' Gaussian mixture over
+    per-channel means, THEORY §4.2) fits it on the training data here.
+    """
+    section = _fill(
+        dict(config["process"]),
+        PROCESSES.get(config["process"]["name"]),
+        {"vocab_size": data.vocab_size, "seq_len": data.shape[0] if data.kind == "tokens" else None},
+    )
+    process = get_process(section["name"], **options(section))
+    fit = getattr(process, "fit_prior", None)
+    if fit is not None and not getattr(process, "has_prior", True):
+        section.update(fit(data.x, seed=config["seed"]))
+    return section
+
+
+def resolve_network(config: dict[str, Any], shape: tuple[int, ...], num_classes: int | None = None) -> dict[str, Any]:
+    """``config['network']`` with shape-dependent options and time_scale filled in where the network takes them.
+
+    Token networks get ``seq_len`` from the data and ``vocab_size`` from what
+    the process feeds them (``input_vocab_size``: V + 1 with the mask token).
+    """
+    process = get_process(config["process"]["name"], **options(config["process"]))
+    vocab = getattr(process, "input_vocab_size", getattr(process, "vocab_size", None))
+    auto = {
+        "shape": list(shape),
+        "in_channels": shape[0] if len(shape) == 3 else None,
+        "image_size": shape[-1] if len(shape) == 3 else None,
+        "time_scale": default_time_scale(process, config["prediction"]["name"]),
+        "vocab_size": vocab,
+        "seq_len": shape[0] if len(shape) == 1 and vocab is not None else None,
+        "latent_dim": getattr(process, "latent_dim", None),
+    }
+    return _fill(dict(config["network"]), NETWORKS.get(config["network"]["name"]), auto)
+
+
+def build_model(config: dict[str, Any]) -> tuple[Process, nn.Module, nn.Module]:
     """Process, network and denoiser from a config whose network options are resolved."""
     process = get_process(config["process"]["name"], **options(config["process"]))
     net_opts = options(config["network"])
@@ -77,7 +108,10 @@ def build_model(config: dict[str, Any]) -> tuple[Process, nn.Module, Denoiser]:
         net = NETWORKS.get(config["network"]["name"])(**net_opts)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"network {config['network']['name']!r} cannot be built from the config: {e}") from e
-    denoiser = Denoiser(net, process, config["prediction"]["name"], **options(config["prediction"]))
+    bound = getattr(process, "bound", None)
+    if bound is not None:
+        process = bound(net)
+    denoiser = make_denoiser(net, process, config["prediction"]["name"], **options(config["prediction"]))
     return process, net, denoiser
 
 
@@ -91,21 +125,25 @@ def build_experiment(config: dict[str, Any], with_data: bool = True) -> Experime
     train = test = None
     if with_data:
         train, test = build_data(config)
+        config["process"] = resolve_process(config, train)
         config["network"] = resolve_network(config, tuple(train.shape), train.num_classes)
     process, net, denoiser = build_model(config)
-    loss = DenoisingLoss(config["loss"]["weighting"], config["loss"]["time_sampler"], config["loss"]["gamma"])
+    lc = config["loss"]
+    loss = make_loss(config["prediction"]["name"], lc["weighting"], lc["time_sampler"], lc["gamma"], lc["norm"])
     if train is not None:
         conditional = getattr(net, "num_classes", None) is not None
         if conditional and train.y is None:
             raise ConfigError(
                 f"network {config['network']['name']!r} has a class embedding (num_classes) but data {train.name!r} has no labels"
             )
-        x = train.x[:2]
-        t = torch.full((x.shape[0],), 0.5 * (process.t_eps + process.t_max), dtype=torch.float64)
+        x0 = train.x[:2]
+        t = torch.full((x0.shape[0],), float(process.t_max), dtype=torch.float64)
         cond = train.y[:2] if conditional else None
         try:
             with torch.no_grad():
-                denoiser.raw(x, t, cond)
+                dtype = x0.dtype if x0.is_floating_point() else torch.float32
+                eps = process.sample_noise(process.state_shape(x0.shape), torch.Generator().manual_seed(0), dtype=dtype)
+                denoiser.raw(process.corrupt(x0, t, eps), t, cond)
         except (ValueError, RuntimeError) as e:
             raise ConfigError(
                 f"data {train.name!r} has per-sample shape {tuple(train.shape)} but network {config['network']['name']!r} "

@@ -28,7 +28,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import ConfigError, dump
-from ..denoiser import Denoiser
+from ..denoiser import make_denoiser
 from ..samplers import sample
 from . import distributed
 from .checkpoint import (
@@ -157,7 +157,7 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.ddp = model
         forward_net = torch.compile(model) if self.tc["compile"] else model
-        self.denoiser = Denoiser(forward_net, self.process, exp.denoiser.parameterization)
+        self.denoiser = make_denoiser(forward_net, self.process, exp.denoiser.parameterization)
         self.optimizer = torch.optim.AdamW(
             self.net.parameters(),
             lr=self.tc["lr"],
@@ -366,16 +366,18 @@ class Trainer:
         self.step = ckpt.step
 
     # --- samples during training --------------------------------------------------------------------------
-    def sampling_denoiser(self) -> Denoiser:
+    def sampling_denoiser(self) -> torch.nn.Module:
         """The EMA weights (raw weights when EMA is off) as a Denoiser in eval mode."""
         net = self.ema.module if self.ema is not None else self.net
-        return Denoiser(net.eval(), self.process, self.exp.denoiser.parameterization)
+        bound = getattr(self.process, "bound", None)
+        process = self.process if bound is None else bound(net)
+        return make_denoiser(net.eval(), process, self.exp.denoiser.parameterization)
 
     def write_samples(self, path: Path) -> None:
         """Draw ``sample.n`` samples with fixed seeds and write a grid (images) or a scatter (points)."""
         if not self.info.is_main:
             return
-        from ..viz import save_image_grid, scatter_plot
+        from ..viz import save_image_grid, save_text_samples, scatter_plot, tokens_to_images
 
         sc = self.config["sample"]
         with torch.no_grad():
@@ -384,7 +386,13 @@ class Trainer:
                 seeds=range(sc["n"]), grid=sc["grid"], device=self.device, **(sc["options"] or {}),
             )
         os.makedirs(path.parent, exist_ok=True)
-        if x.ndim == 4:
+        data = self.exp.train_data
+        if data.kind == "tokens":
+            if data.vocab is not None:
+                save_text_samples(path.with_suffix(".txt"), data.decode(x.cpu()))
+            elif data.image_shape is not None:
+                save_image_grid(tokens_to_images(x.cpu(), data.image_shape, data.vocab_size), path)
+        elif x.ndim == 4:
             save_image_grid(x.cpu(), path)
         else:
             scatter_plot(x.cpu(), path, reference=self.exp.train_data.x[: sc["n"]], title=f"step {self.step}")
