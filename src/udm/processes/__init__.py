@@ -11,6 +11,11 @@ from collections.abc import Callable
 
 from ..registry import Registry
 from .base import NotInvertible, Process, time_tensor
+from .blur import BlurProcess
+from .cold import ColdProcess, SeparableColdProcess
+from .encoder import EncoderProcess
+from .fade import FadeProcess
+from .pooling import PoolProcess
 from .gaussian import (
     DDPMSchedule,
     EDMSchedule,
@@ -45,6 +50,21 @@ for _schedule in (DDPMSchedule, VPLinearSchedule, VPCosineSchedule, SubVPSchedul
     PROCESSES.register(_schedule.name, _gaussian_factory(_schedule))
 
 
+def _blur_dct(**options) -> Process:
+    return BlurProcess(form="dct", **options)
+
+
+_blur_dct.__signature__ = inspect.signature(BlurProcess).replace(
+    parameters=[p for p in inspect.signature(BlurProcess).parameters.values() if p.name != "form"]
+)
+_blur_dct.__doc__ = "Blur by the heat equation, exact in the DCT basis (THEORY §4.2; Rissanen et al. 2022)."
+PROCESSES.register("blur", BlurProcess)
+PROCESSES.register("blur_dct", _blur_dct)
+PROCESSES.register("fade", FadeProcess)
+PROCESSES.register("pool", PoolProcess)
+PROCESSES.register("encoder", EncoderProcess)
+
+
 def get_process(name: str, **kwargs) -> Process:
     """Build the registered process ``name`` with its schedule's keyword arguments."""
     return PROCESSES.get(name)(**kwargs)
@@ -52,6 +72,12 @@ def get_process(name: str, **kwargs) -> Process:
 
 __all__ = [
     "PROCESSES",
+    "BlurProcess",
+    "ColdProcess",
+    "EncoderProcess",
+    "FadeProcess",
+    "PoolProcess",
+    "SeparableColdProcess",
     "DDPMSchedule",
     "EDMSchedule",
     "GaussianProcess",

@@ -71,7 +71,11 @@ def resolve_process(config: dict[str, Any], data: Dataset) -> dict[str, Any]:
     section = _fill(
         dict(config["process"]),
         PROCESSES.get(config["process"]["name"]),
-        {"vocab_size": data.vocab_size, "seq_len": data.shape[0] if data.kind == "tokens" else None},
+        {
+            "vocab_size": data.vocab_size,
+            "seq_len": data.shape[0] if data.kind == "tokens" else None,
+            "image_size": data.shape[-1] if data.kind == "image" else None,
+        },
     )
     process = get_process(section["name"], **options(section))
     fit = getattr(process, "fit_prior", None)
