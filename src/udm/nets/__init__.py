@@ -12,6 +12,7 @@ guidance, and ``cond=None`` means all null.
 | unet                 | :class:`UNet`                | images (DDPM / ADM UNet) |
 | dit                  | :class:`DiT`                 | images as patches        |
 | sequence_transformer | :class:`SequenceTransformer` | token ids (B, L)         |
+| latent_transformer   | :class:`LatentTransformer`   | latents (B, L, d) + encoder F (THEORY §4.5) |
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 
 from ..registry import Registry
 from .embeddings import ClassEmbedding, ConditionEmbedding, FourierEmbedding, SinusoidalEmbedding, TimeEmbedding
+from .latent import LatentTransformer, TokenEncoder
 from .mlp import MLP
 from .transformer import DiT, SelfAttention, SequenceTransformer, TransformerBlock, TransformerTrunk
 from .unet import UNet
@@ -32,6 +34,7 @@ NETWORKS.register("mlp", MLP)
 NETWORKS.register("unet", UNet)
 NETWORKS.register("dit", DiT)
 NETWORKS.register("sequence_transformer", SequenceTransformer)
+NETWORKS.register("latent_transformer", LatentTransformer)
 
 
 def build_network(name: str, **kwargs) -> nn.Module:
@@ -60,10 +63,12 @@ __all__ = [
     "ConditionEmbedding",
     "DiT",
     "FourierEmbedding",
+    "LatentTransformer",
     "SelfAttention",
     "SequenceTransformer",
     "SinusoidalEmbedding",
     "TimeEmbedding",
+    "TokenEncoder",
     "TransformerBlock",
     "TransformerTrunk",
     "UNet",
