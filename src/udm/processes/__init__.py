@@ -13,8 +13,11 @@ from ..registry import Registry
 from .base import NotInvertible, Process, time_tensor
 from .blur import BlurProcess
 from .cold import ColdProcess, SeparableColdProcess
+from .discrete import DiscreteProcess
+from .edit import EditProcess
 from .encoder import EncoderProcess
 from .fade import FadeProcess
+from .mask import MaskProcess
 from .pooling import PoolProcess
 from .gaussian import (
     DDPMSchedule,
@@ -63,6 +66,8 @@ PROCESSES.register("blur_dct", _blur_dct)
 PROCESSES.register("fade", FadeProcess)
 PROCESSES.register("pool", PoolProcess)
 PROCESSES.register("encoder", EncoderProcess)
+PROCESSES.register("mask", MaskProcess)
+PROCESSES.register("edit", EditProcess)
 
 
 def get_process(name: str, **kwargs) -> Process:
@@ -74,6 +79,9 @@ __all__ = [
     "PROCESSES",
     "BlurProcess",
     "ColdProcess",
+    "DiscreteProcess",
+    "EditProcess",
+    "MaskProcess",
     "EncoderProcess",
     "FadeProcess",
     "PoolProcess",

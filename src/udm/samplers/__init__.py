@@ -18,6 +18,7 @@ from .. import rng
 from ..processes.base import Process
 from ..registry import Registry
 from .ancestral import ddim, ddpm, udm, udm_baseline, udm_deterministic
+from .discrete import mask_confidence
 from .exponential import dpmpp_2m, dpmpp_3m, unipc
 from .grids import GRIDS, get_grid
 from .ode import euler, heun, rk45
@@ -26,7 +27,9 @@ from .tuning import optimize_grid
 
 Tensor = torch.Tensor
 SAMPLERS: Registry[Callable[..., Tensor]] = Registry("sampler")
-for _fn in (ddpm, ddim, udm, udm_baseline, udm_deterministic, euler, heun, rk45, dpmpp_2m, dpmpp_3m, unipc, euler_maruyama, pc):
+for _fn in (
+    ddpm, ddim, udm, udm_baseline, udm_deterministic, euler, heun, rk45, dpmpp_2m, dpmpp_3m, unipc, euler_maruyama, pc, mask_confidence
+):
     SAMPLERS.register(_fn.__name__, _fn)
 
 
