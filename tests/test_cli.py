@@ -157,7 +157,7 @@ def test_checkpoint_from_another_config(tmp_path, capsys):
 def test_mnist_configs_build_on_the_idx_files():
     from udm.training import build_experiment
 
-    for name in ("mnist_unet", "mnist_dit"):
+    for name in ("mnist_unet", "mnist_dit", "blur_mnist", "mask_mnist"):
         config = load_config(CONFIG_DIR / f"{name}.yaml", {"data.limit": 200})
         exp = build_experiment(config)
         assert tuple(exp.train_data.shape) == (1, 28, 28)

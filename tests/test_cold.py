@@ -50,6 +50,23 @@ def _images(n: int, seed: int, c: int = 2, h: int = H, w: int = W) -> torch.Tens
 
 
 @pytest.mark.parametrize("name", list(BUILDERS))
+def test_linear_sigma_schedule_is_clean_at_zero_and_k1_exact(name: str) -> None:
+    """sigma_t = sigma t / T: K1 with the true x0 gives F_s(x0, eps) exactly, and s = 0 returns x0 itself."""
+    p = type(BUILDERS[name](0.1))(**{**BUILDERS[name](0.1).config(), "sigma_schedule": "linear"})
+    x0 = _images(5, 0)
+    eps = p.sample_noise(x0.shape, torch.Generator().manual_seed(1), dtype=torch.float64)
+    T = p.T
+    x_T = p.corrupt(x0, T, eps)
+    torch.testing.assert_close(x_T - p.degrade(x0, T), 0.1 * eps, rtol=0, atol=1e-12)
+    for t, s in [(T, T - 1), (T - 1, 1), (torch.tensor([T, 3, 2, 1, T]), torch.tensor([T - 1, 0, 1, 0, 2]))]:
+        out = KERNELS.get("K1")(p, p.corrupt(x0, t, eps), x0, t, s)
+        torch.testing.assert_close(out, p.corrupt(x0, s, eps), rtol=0, atol=1e-12)
+    torch.testing.assert_close(KERNELS.get("K1")(p, x_T, x0, T, 0), x0, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="no noise to recover at t = 0"):
+        p.recover_noise(x0, x0, 0)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
 @pytest.mark.parametrize("sigma", [0.0, 0.1])
 def test_k1_with_true_x0_is_exact(name: str, sigma: float) -> None:
     p = BUILDERS[name](sigma)

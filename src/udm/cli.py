@@ -163,7 +163,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), quick=args.quick, steps=args.steps, progress=not args.quiet)
+    run_demo(Path(args.out), quick=args.quick, steps=args.steps, progress=not args.quiet, process=args.process)
     return 0
 
 
@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: train on embedded data, write samples, plots and metrics")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--quick", action="store_true", help="only the 2-D two-moons model (about a minute)")
+    p.add_argument("--process", default=None, help="a small CPU demo of one process instead: blur, fade, pool, mask, edit, encoder")
     p.add_argument("--steps", type=int, default=None, help="override the training steps of every demo model")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

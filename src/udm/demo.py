@@ -13,11 +13,19 @@ dependencies (nothing is downloaded):
 
 Everything lands in one folder, with ``metrics.json`` holding the two-moons
 ``sliced_wasserstein`` and ``sliced_wasserstein_floor`` at the top level.
+
+``udm demo --process NAME`` runs a small CPU version of one non-Gaussian
+process instead (``PROCESS_DEMOS``): the cold processes blur, fade and pool on
+digits with naive and improved sampling side by side (THEORY §4.2), and the
+token models mask, edit and encoder on Tiny Shakespeare (§4.3-§4.5).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +37,18 @@ from .evaluate import classifier_scores, sample_metrics
 from .samplers import sample
 from .training import Trainer, read_log
 from .training.checkpoint import write_atomic
-from .viz import loss_curve, save_image_grid, scatter_plot, trajectory_grid, trajectory_plot
+from .registry import Registry
+from .viz import loss_curve, save_image_grid, save_text_samples, scatter_plot, trajectory_grid, trajectory_plot
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def train_and_sample(
-    name: str, out: Path, steps: int | None, progress: bool, n: int, seed: int = 12345
+    name: str, out: Path, steps: int | None, progress: bool, n: int, seed: int = 12345, overrides: dict | None = None
 ) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
-    """Train bundled config ``name`` in ``out/runs/name`` (resuming if a finished run is there); return
-    (trainer, samples, trajectory) where the trajectory is (steps+1, n, ...) from noise to data."""
-    overrides = {} if steps is None else {"train.steps": steps}
+    """Train bundled config ``name`` (with dotted ``overrides``) in ``out/runs/name``, resuming if a finished
+    run is there; return (trainer, samples, trajectory), the trajectory (steps+1, n, ...) from noise to data."""
+    overrides = dict(overrides or {}) | ({} if steps is None else {"train.steps": steps})
     config = load_config(CONFIG_DIR / f"{name}.yaml", overrides)
     run = out / "runs" / name
     resume = (run / "checkpoints" / "latest").exists()
@@ -47,7 +56,7 @@ def train_and_sample(
     trainer.train()
     sc = trainer.config["sample"]
     shape = (n, *trainer.train_x.shape[1:])
-    x_T = trainer.process.prior(shape, rng.generators_from_seeds(range(seed, seed + n)))
+    x_T = trainer.process.prior(trainer.process.state_shape(shape), rng.generators_from_seeds(range(seed, seed + n)))
     path = [x_T]
     with torch.no_grad():
         x = sample(
@@ -62,8 +71,17 @@ def _loss_plot(trainer: Trainer, path: Path) -> None:
     loss_curve([r["step"] for r in rows], [r["loss"] for r in rows], path)
 
 
-def run_demo(out: Path, quick: bool = False, steps: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the demo into ``out``; returns (and writes) the metrics."""
+def run_demo(
+    out: Path, quick: bool = False, steps: int | None = None, progress: bool = True, process: str | None = None
+) -> dict[str, Any]:
+    """Run the demo into ``out``; returns (and writes) the metrics.
+
+    ``process`` names one entry of ``PROCESS_DEMOS`` (blur, fade, pool, mask,
+    edit, encoder): a small CPU version of that process alone, written to
+    ``out/NAME/``. Without it, the Gaussian demo (two moons, then digits).
+    """
+    if process is not None:
+        return PROCESS_DEMOS.get(process)(Path(out) / process, steps, progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     trainer, x, path = train_and_sample("demo_moons", out, steps, progress, n=2000)
@@ -89,3 +107,88 @@ def run_demo(out: Path, quick: bool = False, steps: int | None = None, progress:
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=1).encode())
     print(f"wrote {out}/: metrics.json and PNGs ({', '.join(sorted(p.name for p in out.glob('*.png')))})")
     return metrics
+
+
+# --- one small demo per non-Gaussian process (``udm demo --process NAME``) -------------------------------------
+
+PROCESS_DEMOS: Registry[Callable[[Path, int | None, bool], dict[str, Any]]] = Registry("process demo")
+
+
+def _finish(out: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=1).encode())
+    print(f"wrote {out}/: metrics.json, {', '.join(sorted(p.name for p in out.iterdir() if p.is_file() and p.name != 'metrics.json'))}")
+    return metrics
+
+
+def cold_demo(
+    config: str, out: Path, steps: int | None, progress: bool, seed: int = 12345, overrides: dict | None = None, n: int = 500
+) -> dict[str, Any]:
+    """Train a cold process (THEORY §4.2) on digits; naive (K0) and improved TACoS (K1) sampling from the same x_T.
+
+    Writes ``naive_vs_improved.png`` (left block naive, right block improved,
+    the same starting images) and the digits classifier's view of each sampler.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer, improved, path = train_and_sample(config, out, steps, progress, n=n, seed=seed, overrides=overrides)
+    sc = trainer.config["sample"]
+    if sc["sampler"] != "udm_deterministic":
+        raise ValueError(f"config {config!r} must sample with 'udm_deterministic' (the improved sampler), got {sc['sampler']!r}")
+    x_T = path[0]
+    with torch.no_grad():
+        naive = sample(
+            trainer.sampling_denoiser(), "udm_baseline", sc["steps"], x_T=x_T, grid=sc["grid"], seeds=range(seed, seed + len(x_T))
+        )
+    metrics: dict[str, Any] = {"config": config, "train_steps": trainer.step, "sampler_steps": sc["steps"]}
+    grids = []
+    reference = trainer.exp.train_data.subset(slice(0, 10_000))  # the classifier's training set (all of digits)
+    for label, sampler, x in (("naive", "udm_baseline", naive), ("improved", "udm_deterministic", improved)):
+        metrics[label] = {"sampler": sampler, **classifier_scores(x.cpu(), reference)}
+        grids.append(x[:50].cpu())
+        print(f"{config} {label:>8} ({sampler}): {100 * metrics[label]['confident_fraction']:.1f}% of samples labelled "
+              f"with probability >= 0.9, class-histogram TV from uniform {metrics[label]['class_tv']:.3f}")
+    side = torch.cat([torch.cat([g[i * 5 : i * 5 + 5] for g in grids]) for i in range(10)])
+    save_image_grid(side, out / "naive_vs_improved.png", nrow=10, scale=5)
+    trajectory_grid(path[:, :10], out / "trajectory.png", scale=4)
+    save_image_grid(x_T[:50], out / "prior.png", nrow=10, scale=5)
+    _loss_plot(trainer, out / "loss.png")
+    return _finish(out, metrics)
+
+
+def token_demo(config: str, out: Path, steps: int | None, progress: bool, seed: int = 12345) -> dict[str, Any]:
+    """Train a token model (mask, edit or encoder) on Tiny Shakespeare; write samples and the held-out loss.
+
+    For the ELBO-weighted mask model the held-out loss is an upper bound on
+    bits per character (THEORY §4.4); otherwise it is the training objective.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer, x, _ = train_and_sample(config, out, steps, progress, n=8, seed=seed)
+    data = trainer.exp.train_data
+    held_out = trainer.exp.test_data.x[:256].to(trainer.device)
+    with torch.no_grad():
+        gen = torch.Generator(device=trainer.device).manual_seed(seed)
+        objective = torch.cat([trainer.exp.loss(trainer.sampling_denoiser(), held_out, generator=gen).objective for _ in range(4)])
+    metrics: dict[str, Any] = {"config": config, "train_steps": trainer.step, "heldout_loss_nats": float(objective.mean())}
+    if trainer.config["loss"]["weighting"] == "elbo":
+        metrics["heldout_bits_per_char_bound"] = float(objective.mean()) / math.log(2)
+    texts = data.decode(x)
+    save_text_samples(out / "samples.txt", texts)
+    _loss_plot(trainer, out / "loss.png")
+    bound = metrics.get("heldout_bits_per_char_bound")
+    print(f"{config}: held-out loss {metrics['heldout_loss_nats']:.3f} nats/char"
+          + (f" (ELBO bound {bound:.3f} bits/char)" if bound is not None else ""))
+    for text in texts[:4]:
+        print(f"  {text!r}")
+    return _finish(out, metrics)
+
+
+for _name, _config, _fn in (
+    ("blur", "demo_blur", cold_demo),
+    ("fade", "demo_fade", cold_demo),
+    ("pool", "demo_pool", cold_demo),
+    ("mask", "demo_text_mask", token_demo),
+    ("edit", "demo_text_edit", token_demo),
+    ("encoder", "demo_text_encoder", token_demo),
+):
+    PROCESS_DEMOS.register(_name, functools.partial(_fn, _config))

@@ -200,6 +200,8 @@ class Denoiser(nn.Module):
         self.net = net
         self.process = process
         self.parameterization = get_parameterization(prediction, **prediction_kwargs)
+        if isinstance(self.parameterization, LogitsParameterization):
+            raise ValueError("the 'logits' prediction is a distribution over tokens: use TokenDenoiser (make_denoiser picks it)")
 
     @property
     def prediction(self) -> str:

@@ -90,7 +90,7 @@ class TimeSampler:
 
 
 class UniformTime(TimeSampler):
-    """t ~ U[t_eps, t_max]; ``discrete=True`` draws integers (DDPM's t = 1..N, THEORY §4.1)."""
+    """t ~ U[t_eps, t_max]; integers with ``discrete=True`` (DDPM's t = 1..N, THEORY §4.1) or an integer-time process."""
 
     name = "uniform"
 
@@ -101,7 +101,7 @@ class UniformTime(TimeSampler):
     def draw(self, process: Process, n: int, generator, device) -> Tensor:
         lo, hi = process.t_eps, process.t_max
         u = _uniform01(n, generator, device)
-        if self.discrete:
+        if self.discrete or process.integer_times:
             k_lo, k_hi = math.ceil(lo), math.floor(hi)
             if k_hi < k_lo:
                 raise ValueError(f"discrete time sampling needs an integer in [{lo:g}, {hi:g}], found none")

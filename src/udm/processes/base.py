@@ -68,6 +68,9 @@ class Process(ABC):
     t_eps: float = 1e-3
     #: True when q = N(0, I): the Gaussian-mixing kernel K2 requires it.
     noise_is_standard_normal: bool = True
+    #: True when t only takes the integers t_min..t_max (cold processes, counted corruptions):
+    #: the uniform time sampler then draws integers.
+    integer_times: bool = False
 
     @abstractmethod
     def corrupt(self, x0: torch.Tensor, t: float | torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,7 @@ class BlurProcess(SeparableColdProcess):
 
     Args:
         timesteps: T (default 300 for "iterated", THEORY's 128x128 generation setting; 100 for "dct").
-        sigma: added noise std (0 = pure cold diffusion).
+        sigma, sigma_schedule: added noise std (0 = pure cold diffusion) and its schedule (:class:`~.cold.ColdProcess`).
         form: "iterated" (Gaussian kernels) or "dct" (exact heat dissipation).
         kernel_size, std_schedule, std_rate, std_start, padding: the "iterated" form
             (defaults 27, "exponential", 0.01, 1.0 or 0.35 for "linear", "reflect").
@@ -110,6 +110,7 @@ class BlurProcess(SeparableColdProcess):
         timesteps: int | None = None,
         sigma: float = 0.0,
         *,
+        sigma_schedule: str = "constant",
         form: str = "iterated",
         kernel_size: int | None = None,
         std_schedule: str | None = None,
@@ -136,7 +137,7 @@ class BlurProcess(SeparableColdProcess):
         self.form = form
         self.name = "blur" if form == "iterated" else "blur_dct"
         super().__init__(
-            _DEFAULT_T[form] if timesteps is None else timesteps, sigma,
+            _DEFAULT_T[form] if timesteps is None else timesteps, sigma, sigma_schedule=sigma_schedule,
             prior_weights=prior_weights, prior_means=prior_means, prior_stds=prior_stds, prior_noise=prior_noise,
         )
         opts = {k: own[k] if given[k] is None else given[k] for k in own}

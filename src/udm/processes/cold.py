@@ -100,6 +100,10 @@ class ColdProcess(Process):
     Args:
         timesteps: T, the number of degradation levels (t = 0 is the clean image).
         sigma: std of the added Gaussian noise; 0 is pure cold diffusion (see the module docstring).
+        sigma_schedule: ``"constant"`` (sigma_t = sigma, THEORY §4.2 as written) or ``"linear"``
+            (sigma_t = sigma t / T). With the linear schedule F_0 is the identity, so the last
+            K1 step returns a clean image, while x_T still carries sigma-noise: the many-to-one
+            forward / one-to-many reverse that §4.2 proposes against the information loss.
         prior_weights, prior_means, prior_stds: the generation prior's diagonal GMM over
             per-channel means (K weights, K x C means, K x C stds), e.g. from :meth:`fit_prior`.
         prior_noise: std of the small Gaussian noise added to the prior's constant image.
@@ -108,12 +112,14 @@ class ColdProcess(Process):
     name = "cold"
     t_min = 0.0
     t_eps = 1.0
+    integer_times = True
 
     def __init__(
         self,
         timesteps: int,
         sigma: float = 0.0,
         *,
+        sigma_schedule: str = "constant",
         prior_weights: Sequence[float] | None = None,
         prior_means: Sequence[Sequence[float]] | None = None,
         prior_stds: Sequence[Sequence[float]] | None = None,
@@ -127,7 +133,10 @@ class ColdProcess(Process):
             raise ValueError(f"prior_noise must be >= 0, got {prior_noise!r}")
         self.T = int(timesteps)
         self.t_max = float(self.T)
+        if sigma_schedule not in ("constant", "linear"):
+            raise ValueError(f"sigma_schedule must be 'constant' or 'linear', got {sigma_schedule!r}")
         self.sigma = float(sigma)
+        self.sigma_schedule = sigma_schedule
         self.prior_noise = float(prior_noise)
         self.noise_is_standard_normal = self.sigma > 0
         self._set_prior(prior_weights, prior_means, prior_stds)
@@ -169,7 +178,9 @@ class ColdProcess(Process):
 
     def config(self) -> dict[str, Any]:
         """The constructor options (JSON-able): ``type(p)(**p.config())`` rebuilds the process."""
-        out: dict[str, Any] = {"timesteps": self.T, "sigma": self.sigma, "prior_noise": self.prior_noise}
+        out: dict[str, Any] = {
+            "timesteps": self.T, "sigma": self.sigma, "sigma_schedule": self.sigma_schedule, "prior_noise": self.prior_noise
+        }
         if self.prior_weights is not None:
             out.update(prior_weights=self.prior_weights, prior_means=self.prior_means, prior_stds=self.prior_stds)
         return out
@@ -231,19 +242,27 @@ class ColdProcess(Process):
         return self._degrade(x0, self._levels(t, x0.shape[0]))
 
     # --- the Process protocol -------------------------------------------------------------------
-    def _eps_scale(self) -> float:
-        """sigma, or 1 in the sigma = 0 limit where eps is the residual itself."""
-        return self.sigma if self.sigma > 0 else 1.0
+    def sigma_at(self, t: float | Tensor, like: Tensor) -> Tensor | float:
+        """sigma_t (shaped to broadcast against ``like``), or 1 in the sigma = 0 limit where eps is the residual."""
+        if self.sigma == 0:
+            return 1.0
+        if self.sigma_schedule == "constant":
+            return self.sigma
+        levels = self._levels(t, like.shape[0]).to(device=like.device, dtype=like.dtype)
+        return (self.sigma / self.T) * levels.reshape(-1, *([1] * (like.ndim - 1)))
 
     def corrupt(self, x0: Tensor, t: float | Tensor, eps: Tensor) -> Tensor:
-        """F_t(x0, eps) = D_t(x0) + sigma eps; for sigma = 0, D_t(x0) + eps with eps ~ delta_0 (THEORY §4.2)."""
-        return self.degrade(x0, t) + self._eps_scale() * eps
+        """F_t(x0, eps) = D_t(x0) + sigma_t eps; for sigma = 0, D_t(x0) + eps with eps ~ delta_0 (THEORY §4.2)."""
+        return self.degrade(x0, t) + self.sigma_at(t, x0) * eps
 
     def recover_noise(
         self, x0: Tensor, x_t: Tensor, t: float | Tensor, *, generator: rng.GeneratorLike = None
     ) -> Tensor:
-        """F_t^{-1}(x0, x_t) = (x_t - D_t(x0)) / sigma; for sigma = 0 the residual x_t - D_t(x0)."""
-        return (x_t - self.degrade(x0, t)) / self._eps_scale()
+        """F_t^{-1}(x0, x_t) = (x_t - D_t(x0)) / sigma_t; for sigma = 0 the residual x_t - D_t(x0)."""
+        scale = self.sigma_at(t, x_t)
+        if isinstance(scale, Tensor) and bool((scale == 0).any()):
+            raise ValueError("with sigma_schedule='linear' F_0 is the identity: there is no noise to recover at t = 0")
+        return (x_t - self.degrade(x0, t)) / scale
 
     def sample_noise(
         self,

@@ -101,6 +101,7 @@ class DiscreteProcess(Process):
         self.seq_len = int(seq_len)
         self.schedule = schedule
         self.temperature = float(temperature)
+        self.integer_times = schedule == "count"
         if schedule == "count":
             self.t_max, self.t_eps = float(seq_len), 1.0
         else:

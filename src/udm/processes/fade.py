@@ -50,7 +50,7 @@ class FadeProcess(ColdProcess):
 
     Args:
         timesteps: T (default 50; see the module docstring for the choice of defaults).
-        sigma: added noise std (0 = pure cold diffusion).
+        sigma, sigma_schedule: added noise std (0 = pure cold diffusion) and its schedule (:class:`~.cold.ColdProcess`).
         k_std: bump std per step, s_i = k_std (i + i0) in pixels (default 0.25; THEORY: 0.05).
         i0: offset of the std schedule (default 1, as THEORY).
         end_value: the constant x_end that faded pixels become (0 = plain masking).
@@ -64,6 +64,7 @@ class FadeProcess(ColdProcess):
         timesteps: int = 50,
         sigma: float = 0.0,
         *,
+        sigma_schedule: str = "constant",
         k_std: float = 0.25,
         i0: float = 1.0,
         end_value: float = 0.0,
@@ -73,7 +74,7 @@ class FadeProcess(ColdProcess):
         prior_noise: float = 1e-3,
     ) -> None:
         super().__init__(
-            timesteps, sigma,
+            timesteps, sigma, sigma_schedule=sigma_schedule,
             prior_weights=prior_weights, prior_means=prior_means, prior_stds=prior_stds, prior_noise=prior_noise,
         )
         if not (math.isfinite(k_std) and k_std > 0):

@@ -58,7 +58,7 @@ class PoolProcess(SeparableColdProcess):
     Args:
         image_size: H (square) or (H, W); with ``timesteps=None`` it sets T = ceil(log2(max(H, W))).
         timesteps: T explicitly (1 <= T <= ceil(log2(max(H, W))) of the images it is used on).
-        sigma: added noise std (0 = pure cold diffusion).
+        sigma, sigma_schedule: added noise std (0 = pure cold diffusion) and its schedule (:class:`~.cold.ColdProcess`).
         prior_weights, prior_means, prior_stds, prior_noise: the generation prior (:class:`~.cold.ColdProcess`).
     """
 
@@ -70,6 +70,7 @@ class PoolProcess(SeparableColdProcess):
         timesteps: int | None = None,
         sigma: float = 0.0,
         *,
+        sigma_schedule: str = "constant",
         prior_weights: Sequence[float] | None = None,
         prior_means: Sequence[Sequence[float]] | None = None,
         prior_stds: Sequence[Sequence[float]] | None = None,
@@ -84,7 +85,7 @@ class PoolProcess(SeparableColdProcess):
                 )
             timesteps = full_levels(*self.image_size)
         super().__init__(
-            timesteps, sigma,
+            timesteps, sigma, sigma_schedule=sigma_schedule,
             prior_weights=prior_weights, prior_means=prior_means, prior_stds=prior_stds, prior_noise=prior_noise,
         )
         if self.image_size is not None:

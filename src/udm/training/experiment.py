@@ -147,7 +147,14 @@ def build_experiment(config: dict[str, Any], with_data: bool = True) -> Experime
             with torch.no_grad():
                 dtype = x0.dtype if x0.is_floating_point() else torch.float32
                 eps = process.sample_noise(process.state_shape(x0.shape), torch.Generator().manual_seed(0), dtype=dtype)
-                denoiser.raw(process.corrupt(x0, t, eps), t, cond)
+                x_t = process.corrupt(x0, t, eps)
+        except (ValueError, RuntimeError) as e:
+            raise ConfigError(
+                f"process {config['process']['name']!r} cannot take data {train.name!r} of per-sample shape {tuple(train.shape)}: {e}"
+            ) from e
+        try:
+            with torch.no_grad():
+                denoiser.raw(x_t, t, cond)
         except (ValueError, RuntimeError) as e:
             raise ConfigError(
                 f"data {train.name!r} has per-sample shape {tuple(train.shape)} but network {config['network']['name']!r} "
