@@ -336,7 +336,7 @@ def _lognormal_clamped_mass(s: LogNormalTime, p) -> tuple[float, float]:
     return float(stats.norm.cdf((lo - s.p_mean) / s.p_std)), float(stats.norm.sf((hi - s.p_mean) / s.p_std))
 
 
-@pytest.mark.parametrize("kind", ["uniform", "lognormal", "logsnr", "adaptive"])
+@pytest.mark.parametrize("kind", ["uniform", "lognormal", "logsnr", "loguniform", "adaptive"])
 @pytest.mark.parametrize("name", SAMPLER_PROCESSES)
 def test_time_sampler_support_normalization_and_law(name: str, kind: str) -> None:
     p = udm.get_process(name)
@@ -434,6 +434,7 @@ IMPORTANCE_CASES = [
     ("vp", LogNormalTime(importance=True), _bump(0.05, 0.5)),
     ("edm", LogNormalTime(p_mean=0.0, p_std=1.5, importance=True), _bump(0.05, 8.0)),
     ("rectified_flow", LogNormalTime(p_mean=0.0, p_std=1.0, importance=True), _bump(0.02, 0.9)),
+    ("vp", TIME_SAMPLERS.get("loguniform")(importance=True), lambda t: np.cos(3 * t) + t**2),
 ]
 
 
@@ -616,7 +617,7 @@ def test_time_sampler_errors() -> None:
             attempt()
         for name in ("adaptive", "lognormal", "logsnr", "uniform"):
             assert name in str(info.value)
-    assert sorted(TIME_SAMPLERS.names()) == ["adaptive", "lognormal", "logsnr", "uniform"]
+    assert sorted(TIME_SAMPLERS.names()) == ["adaptive", "lognormal", "logsnr", "loguniform", "uniform"]
     with pytest.raises(ValueError, match="empty log-SNR range"):
         LogSNRTime(min_log_snr=2.0, max_log_snr=1.0)(udm.get_process("vp"), 4)
     for kwargs in ({"bins": 0}, {"history": 0}, {"uniform_mix": 0.0}, {"uniform_mix": 1.5}):
