@@ -346,3 +346,21 @@ def test_build_network():
         build_network("unet", chanels=64)
     with pytest.raises(ValueError, match=r"network 'dit' needs argument\(s\) 'in_channels', 'image_size'"):
         build_network("dit", hidden=32)
+
+
+def test_rotary_attention_scores_depend_only_on_the_offset() -> None:
+    """rotate(q)_p . rotate(k)_r is a function of p - r (RoFormer): the same vectors shifted together score the same."""
+    from udm.nets.transformer import rotate
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 1, 1, 1, 16, generator=g, dtype=torch.float64).unbind(0)
+    seq_q = rotate(q.expand(1, 1, 12, 16).contiguous())[0, 0]
+    seq_k = rotate(k.expand(1, 1, 12, 16).contiguous())[0, 0]
+    scores = seq_q @ seq_k.T
+    for offset in range(-5, 6):
+        diag = torch.diagonal(scores, offset)
+        torch.testing.assert_close(diag, diag[:1].expand_as(diag), rtol=1e-12, atol=1e-12)
+    assert float(scores[0, 0]) == pytest.approx(float((q * k).sum()))
+    assert abs(float(scores[0, 1] - scores[0, 0])) > 1e-3
+    with pytest.raises(ValueError, match="positions must be 'rotary' or 'learned'"):
+        SequenceTransformer(5, 4, hidden=16, depth=1, positions="sinusoidal")

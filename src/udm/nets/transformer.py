@@ -47,26 +47,50 @@ def sincos_2d(hidden: int, grid: int) -> Tensor:
     return torch.cat([embed(rows), embed(cols)], dim=1).float()
 
 
+def rotate(x: Tensor, base: float = 10000.0) -> Tensor:
+    """Rotary position embedding (Su et al. 2021, RoFormer) of queries or keys x (B, H, N, head_dim).
+
+    The pair (x_2j, x_2j+1) at position p is rotated by the angle p base^(-2j/head_dim),
+    so q_p . k_r depends on p and r only through p - r: attention can find "the
+    token two to the left" from the first step, where learned absolute
+    positions have to discover it.
+    """
+    n, hd = x.shape[-2], x.shape[-1]
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32  # angles in at least float32
+    inv = base ** (-torch.arange(0, hd, 2, dtype=work, device=x.device) / hd)
+    angle = torch.arange(n, dtype=work, device=x.device)[:, None] * inv[None, :]
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+
 class SelfAttention(nn.Module):
     """Bidirectional multi-head self-attention over tokens (B, N, D) with ``scaled_dot_product_attention``.
 
     q, k and v come out of one Linear(D, 3D) as views whose head dimension is
     contiguous, which the fused (flash / memory-efficient) SDPA kernels need.
+    ``causal`` lets position i see only positions <= i; ``rotary`` applies
+    :func:`rotate` to queries and keys (relative positions).
     """
 
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, causal: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, causal: bool = False, rotary: bool = False) -> None:
         super().__init__()
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"attention width ({dim}) must be divisible by num_heads ({num_heads})")
+        if rotary and (dim // num_heads) % 2:
+            raise ValueError(f"rotary positions need an even head width, got {dim // num_heads}")
         self.num_heads = num_heads
         self.dropout = dropout
         self.causal = causal
+        self.rotary = rotary
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.rotary:
+            q, k = rotate(q), rotate(k)
         h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal)
         return self.proj(h.transpose(1, 2).reshape(b, n, d))
 
@@ -74,10 +98,18 @@ class SelfAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm transformer block (self-attention + MLP) with adaLN-Zero modulation by c."""
 
-    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, causal: bool = False) -> None:
+    def __init__(
+        self,
+        hidden: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        causal: bool = False,
+        rotary: bool = False,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
-        self.attn = SelfAttention(hidden, num_heads, dropout, causal)
+        self.attn = SelfAttention(hidden, num_heads, dropout, causal, rotary)
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         mlp_hidden = int(hidden * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -106,11 +138,14 @@ class TransformerTrunk(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         causal: bool = False,
+        rotary: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
-        self.blocks = nn.ModuleList(TransformerBlock(hidden, num_heads, mlp_ratio, dropout, causal) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(hidden, num_heads, mlp_ratio, dropout, causal, rotary) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Linear(hidden, 2 * hidden)
         self.head = nn.Linear(hidden, out_dim)
@@ -188,8 +223,12 @@ class SequenceTransformer(nn.Module):
     Attention is bidirectional (the whole noisy sequence is visible, as in
     masked / uniform discrete diffusion); ``causal=True`` makes position i see
     only positions <= i, the autoregressive baseline the text benchmark
-    compares against. Positions are learned. The head is zero-initialised, so
-    an untrained network gives uniform logits.
+    compares against. ``positions="rotary"`` (default) encodes positions by
+    rotating queries and keys (relative positions); ``"learned"`` adds a learned
+    absolute embedding. With learned positions a masked model on characters
+    sat at the unigram plateau for thousands of steps on Tiny Shakespeare,
+    while rotary ones left it within 500 (benchmarks/RESULTS.md).
+    The head is zero-initialised, so an untrained network gives uniform logits.
     """
 
     def __init__(
@@ -203,17 +242,22 @@ class SequenceTransformer(nn.Module):
         time_scale: float = 1.0,
         dropout: float = 0.0,
         causal: bool = False,
+        positions: str = "rotary",
     ) -> None:
         super().__init__()
+        if positions not in ("rotary", "learned"):
+            raise ValueError(f"positions must be 'rotary' or 'learned', got {positions!r}")
         if vocab_size < 1 or seq_len < 1:
             raise ValueError(f"vocab_size and seq_len must be >= 1, got {vocab_size} and {seq_len}")
         self.vocab_size = vocab_size
         self.seq_len = seq_len
         self.num_classes = num_classes
         self.tokens = nn.Embedding(vocab_size, hidden)
-        self.pos = nn.Parameter(torch.randn(1, seq_len, hidden) * 0.02)
+        self.pos = nn.Parameter(torch.randn(1, seq_len, hidden) * 0.02) if positions == "learned" else None
         self.cond_embed = ConditionEmbedding(hidden, hidden, "sinusoidal", time_scale, num_classes)
-        self.trunk = TransformerTrunk(hidden, depth, num_heads, vocab_size, dropout=dropout, causal=causal)
+        self.trunk = TransformerTrunk(
+            hidden, depth, num_heads, vocab_size, dropout=dropout, causal=causal, rotary=positions == "rotary"
+        )
 
     @property
     def null_class(self) -> int | None:
@@ -232,5 +276,5 @@ class SequenceTransformer(nn.Module):
             lo, hi = (int(v) for v in torch.aminmax(x))
             if lo < 0 or hi >= self.vocab_size:
                 raise ValueError(f"token id {lo if lo < 0 else hi} is out of range [0, {self.vocab_size - 1}]")
-        h = self.tokens(x) + self.pos[:, : x.shape[1]]
+        h = self.tokens(x) if self.pos is None else self.tokens(x) + self.pos[:, : x.shape[1]]
         return self.trunk(h, self.cond_embed(t, cond, x.shape[0]))
