@@ -329,7 +329,48 @@ class LossOutput:
 NORMS = ("l2", "l1")
 
 
-class DenoisingLoss:
+class Objective:
+    """What every training objective shares: the time sampler, drawing (t, w, eps), and its checkpointed state.
+
+    Subclasses implement ``__call__(denoiser, x0, cond=None, generator=None, *, t=None, w=None, eps=None)``
+    and use :meth:`times_and_noise` for the (t, w, eps) they were not given (distributed training
+    draws them for the global batch and passes each rank its slice).
+    """
+
+    def __init__(self, time_sampler: str | dict | TimeSampler | None = None) -> None:
+        self.time_sampler = get_time_sampler(time_sampler)
+
+    def draw(
+        self, process: Process, x0: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(t, w, eps) for a batch: times and importance weights (float64) and the noise in the state shape.
+
+        The noise takes x0's dtype for floating data and float32 for tokens.
+        """
+        t, w = self.time_sampler(process, x0.shape[0], generator, x0.device)
+        dtype = x0.dtype if x0.is_floating_point() else torch.float32
+        eps = process.sample_noise(process.state_shape(x0.shape), generator, dtype=dtype, device=x0.device)
+        return t.to(x0.device), w.to(x0.device), eps.to(x0.device)
+
+    def times_and_noise(
+        self, process: Process, x0: Tensor, generator: torch.Generator | None, t: Tensor | None, w: Tensor | None, eps: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The given (t, w, eps), drawing what is missing; w defaults to ones when t is given alone."""
+        if t is None or eps is None:
+            t_drawn, w_drawn, eps_drawn = self.draw(process, x0, generator)
+            t, w = (t_drawn, w_drawn) if t is None else (t, w)
+            eps = eps_drawn if eps is None else eps
+        return t, torch.ones_like(t) if w is None else w, eps
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The time sampler's state (checkpointed for exact resume)."""
+        return self.time_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.time_sampler.load_state_dict(state)
+
+
+class DenoisingLoss(Objective):
     """E_t E_{x0, eps} w(t) lambda(t) ||x0_hat(F_t(x0, eps), t) - x0||^2, computed in the network's target space.
 
     ``weighting`` is one of ``WEIGHTINGS`` (module docstring); ``time_sampler``
@@ -355,8 +396,8 @@ class DenoisingLoss:
             raise ValueError(f"unknown loss norm {norm!r}; valid norms: {', '.join(NORMS)}")
         if norm == "l1" and weighting != "target":
             raise ValueError(f"the l1 norm takes weighting 'target' (the weightings are L2 identities), got {weighting!r}")
+        super().__init__(time_sampler)
         self.weighting = weighting
-        self.time_sampler = get_time_sampler(time_sampler)
         self.gamma = float(gamma)
         self.norm = norm
 
@@ -366,14 +407,6 @@ class DenoisingLoss:
             return None
         _, b = denoiser.parameterization.coefficients(denoiser.process, t)
         return _x0_weight(denoiser.process, t, self.weighting, self.gamma) / b**2
-
-    def draw(
-        self, process: Process, x0: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(t, w, eps) for a batch: times and importance weights (float64) and the noise."""
-        t, w = self.time_sampler(process, x0.shape[0], generator, x0.device)
-        eps = process.sample_noise(process.state_shape(x0.shape), generator, dtype=x0.dtype, device=x0.device)
-        return t.to(x0.device), w.to(x0.device), eps.to(x0.device)
 
     def __call__(
         self,
@@ -387,12 +420,8 @@ class DenoisingLoss:
         eps: Tensor | None = None,
     ) -> LossOutput:
         """The loss on a batch ``x0``; (t, w, eps) are drawn unless given (distributed training slices them)."""
-        if t is None or eps is None:
-            t_drawn, w_drawn, eps_drawn = self.draw(denoiser.process, x0, generator)
-            t, w = (t_drawn, w_drawn) if t is None else (t, w)
-            eps = eps_drawn if eps is None else eps
-        w = torch.ones_like(t) if w is None else w
         process = denoiser.process
+        t, w, eps = self.times_and_noise(process, x0, generator, t, w, eps)
         x_t = process.corrupt(x0, t, eps)
         pred = denoiser.raw(x_t, t, cond)
         target = from_x0(x0, x_t, t, process, denoiser.parameterization)
@@ -405,13 +434,6 @@ class DenoisingLoss:
         objective = (err if factor is None else err * factor.reshape(-1).to(err.dtype)).detach()
         return LossOutput(per_sample.mean(), per_sample, t, w, objective)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """The time sampler's state (checkpointed for exact resume)."""
-        return self.time_sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.time_sampler.load_state_dict(state)
-
     def config(self) -> dict:
         return {"weighting": self.weighting, "time_sampler": self.time_sampler.config(), "gamma": self.gamma, "norm": self.norm}
 
@@ -419,7 +441,7 @@ class DenoisingLoss:
 CE_WEIGHTINGS = ("uniform", "elbo")
 
 
-class CrossEntropyLoss:
+class CrossEntropyLoss(Objective):
     """E_t E_{x0, eps} w(t) [-log q(x0 | F_t(x0, eps), t)] for categorical q (THEORY §3.1 "discrete data", U1).
 
     The network outputs logits over the vocabulary at every position; the loss
@@ -440,16 +462,8 @@ class CrossEntropyLoss:
     def __init__(self, weighting: str = "uniform", time_sampler: str | dict | TimeSampler | None = None) -> None:
         if weighting not in CE_WEIGHTINGS:
             raise ValueError(f"unknown cross-entropy weighting {weighting!r}; valid weightings: {', '.join(CE_WEIGHTINGS)}")
+        super().__init__(time_sampler)
         self.weighting = weighting
-        self.time_sampler = get_time_sampler(time_sampler)
-
-    def draw(
-        self, process: Process, x0: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """(t, w, eps): times and importance weights (float64) and the process noise (float32)."""
-        t, w = self.time_sampler(process, x0.shape[0], generator, x0.device)
-        eps = process.sample_noise(process.state_shape(x0.shape), generator, dtype=torch.float32, device=x0.device)
-        return t.to(x0.device), w.to(x0.device), eps.to(x0.device)
 
     def __call__(
         self,
@@ -464,11 +478,7 @@ class CrossEntropyLoss:
     ) -> LossOutput:
         """The loss on a batch of token sequences ``x0`` (B, L); (t, w, eps) are drawn unless given."""
         process = denoiser.process
-        if t is None or eps is None:
-            t_drawn, w_drawn, eps_drawn = self.draw(process, x0, generator)
-            t, w = (t_drawn, w_drawn) if t is None else (t, w)
-            eps = eps_drawn if eps is None else eps
-        w = torch.ones_like(t) if w is None else w
+        t, w, eps = self.times_and_noise(process, x0, generator, t, w, eps)
         x_t = process.corrupt(x0, t, eps)
         logits = denoiser.raw(x_t, t, cond)
         vocab = getattr(process, "vocab_size", logits.shape[-1])
@@ -486,13 +496,6 @@ class CrossEntropyLoss:
         per_sample = objective * w.to(objective.dtype)
         return LossOutput(per_sample.mean(), per_sample, t, w, objective.detach())
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """The time sampler's state (checkpointed for exact resume)."""
-        return self.time_sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.time_sampler.load_state_dict(state)
-
     def config(self) -> dict:
         return {"weighting": self.weighting, "time_sampler": self.time_sampler.config()}
 
@@ -503,7 +506,7 @@ def make_loss(
     time_sampler: str | dict | TimeSampler | None = None,
     gamma: float = 5.0,
     norm: str = "l2",
-) -> DenoisingLoss | CrossEntropyLoss:
+) -> Objective:
     """The training objective a config asks for: cross-entropy for the ``logits`` prediction, else denoising.
 
     ``weighting=None`` (or ``"target"`` with logits) takes each loss's default.

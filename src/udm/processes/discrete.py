@@ -217,6 +217,19 @@ class DiscreteProcess(Process):
     def _log_replacement(self) -> float:
         """log of the probability of one particular corrupted token given the original."""
 
+    @staticmethod
+    def _check_pair(x0: Tensor, x_t: Tensor) -> None:
+        """x0 and x_t must be sequences of the same shape."""
+        if x_t.shape != x0.shape:
+            raise ValueError(f"x_t and x0 must have the same shape, got {tuple(x_t.shape)} and {tuple(x0.shape)}")
+
+    def _sequence_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """``shape`` as a tuple, checked to be a batch of sequences of length 1..seq_len (for the prior)."""
+        shape = tuple(shape)
+        if not shape or not 1 <= shape[-1] <= self.seq_len:
+            raise ValueError(f"process {self.name!r} draws sequences of length 1..{self.seq_len}, got shape {shape}")
+        return shape
+
     def _draw_keys(self, corrupted: Tensor, t: float | Tensor, generator: rng.GeneratorLike) -> Tensor:
         """Keys from their law given the corrupted set C at time t (see the module docstring)."""
         v = rng.rand(corrupted.shape, generator, dtype=torch.float64, device=corrupted.device)
@@ -247,8 +260,7 @@ class DiscreteProcess(Process):
         """
         self.validate(x0)
         self.validate_state(x_t)
-        if x_t.shape != x0.shape:
-            raise ValueError(f"x_t and x0 must have the same shape, got {tuple(x_t.shape)} and {tuple(x0.shape)}")
+        self._check_pair(x0, x_t)
         tt = self._time(t, x0).reshape(-1).to(torch.float64)
         c = self.corrupted(x_t, x0)
         k = c.sum(-1).to(torch.float64)

@@ -92,8 +92,7 @@ class EditProcess(DiscreteProcess):
         self, x0: Tensor, x_t: Tensor, t: float | Tensor, *, generator: rng.GeneratorLike = None
     ) -> Tensor:
         """eps from its law given (x0, x_t): C and r read off exactly, keys drawn given C, fresh offsets off C."""
-        if x_t.shape != x0.shape:
-            raise ValueError(f"x_t and x0 must have the same shape, got {tuple(x_t.shape)} and {tuple(x0.shape)}")
+        self._check_pair(x0, x_t)
         changed = self.corrupted(x_t, x0)
         keys = self._draw_keys(changed, t, generator)
         fresh = rng.rand(x0.shape, generator, dtype=torch.float64, device=x0.device)
@@ -110,9 +109,7 @@ class EditProcess(DiscreteProcess):
         device: torch.device | str | None = None,
     ) -> Tensor:
         """x_T: i.i.d. uniform tokens (THEORY §4.3, sampler step 1); int64 whatever ``dtype``."""
-        shape = tuple(shape)
-        if not shape or not 1 <= shape[-1] <= self.seq_len:
-            raise ValueError(f"process {self.name!r} draws sequences of length 1..{self.seq_len}, got shape {shape}")
+        shape = self._sequence_shape(shape)
         u = rng.rand(shape, generator, dtype=torch.float64, device=device)
         return torch.floor(u * self.vocab_size).clamp_max(self.vocab_size - 1).to(torch.int64)
 

@@ -70,8 +70,7 @@ class MaskProcess(DiscreteProcess):
         self, x0: Tensor, x_t: Tensor, t: float | Tensor, *, generator: rng.GeneratorLike = None
     ) -> Tensor:
         """Keys drawn from their law given the visible masked set (THEORY §3.1 K1; see :mod:`.discrete`)."""
-        if x_t.shape != x0.shape:
-            raise ValueError(f"x_t and x0 must have the same shape, got {tuple(x_t.shape)} and {tuple(x0.shape)}")
+        self._check_pair(x0, x_t)
         return self._draw_keys(self.corrupted(x_t), t, generator)
 
     def prior(
@@ -83,9 +82,7 @@ class MaskProcess(DiscreteProcess):
         device: torch.device | str | None = None,
     ) -> Tensor:
         """x_T: all mask (int64 whatever ``dtype``; the prior is deterministic)."""
-        shape = tuple(shape)
-        if not shape or not 1 <= shape[-1] <= self.seq_len:
-            raise ValueError(f"process {self.name!r} draws sequences of length 1..{self.seq_len}, got shape {shape}")
+        shape = self._sequence_shape(shape)
         return torch.full(shape, self.mask_id, dtype=torch.int64, device=device)
 
     def estimate_x0(

@@ -19,7 +19,7 @@ from torch import nn
 from ..config import ConfigError, options
 from ..data import Dataset, load_dataset
 from ..denoiser import make_denoiser
-from ..losses import CrossEntropyLoss, DenoisingLoss, make_loss
+from ..losses import Objective, make_loss
 from ..nets import NETWORKS
 from ..processes import PROCESSES, Process, get_process
 
@@ -32,7 +32,7 @@ class Experiment:
     process: Process
     net: nn.Module
     denoiser: nn.Module
-    loss: DenoisingLoss | CrossEntropyLoss
+    loss: Objective
     train_data: Dataset | None = None
     test_data: Dataset | None = None
 
