@@ -640,7 +640,7 @@ def test_logsnr_sampler_on_an_infinite_log_snr_range_raises() -> None:
 def test_non_gaussian_process_errors_name_the_process() -> None:
     p = ToyProcess()
     for s in (LogNormalTime(), LogSNRTime()):
-        with pytest.raises(ValueError, match="Gaussian process.*'toy'"):
+        with pytest.raises(ValueError, match="linear process.*'toy'"):
             s(p, 4)
         with pytest.raises(ValueError, match="'toy'"):
             s.log_density(p, torch.full((4,), 0.5, dtype=torch.float64))
@@ -649,7 +649,7 @@ def test_non_gaussian_process_errors_name_the_process() -> None:
     x0, eps = _batch(seed=22)
     t = torch.full((16,), 0.5, dtype=torch.float64)
     for weighting in ("min_snr", "likelihood"):
-        with pytest.raises(ValueError, match=f"{weighting} weighting needs a Gaussian process.*'toy'"):
+        with pytest.raises(ValueError, match=f"{weighting} weighting needs a linear process.*'toy'"):
             DenoisingLoss(weighting)(den, x0, t=t, eps=eps)
     # the x0 loss with uniform times needs nothing Gaussian
     out = DenoisingLoss("target")(den, x0, generator=torch.Generator().manual_seed(22))

@@ -276,8 +276,14 @@ def test_gaussian_parameterizations_need_a_gaussian_process() -> None:
     p = _NotGaussian()
     x = torch.ones(2, 3, dtype=torch.float64)
     for kind in ["eps", "score", "v", "velocity", "edm"]:
-        with pytest.raises(ValueError, match="Gaussian"):
+        with pytest.raises(ValueError, match="linear process"):
             udm.Denoiser(lambda a, b: a, p, prediction=kind)(x, 0.5)
+    # a linear path with non-Gaussian noise has eps, v and velocity targets but no score = -eps/sigma
+    uniform = udm.get_process("rectified_flow", noise="uniform")
+    for kind in ["eps", "v", "velocity", "edm"]:
+        udm.Denoiser(lambda a, b: a, uniform, prediction=kind)(x, 0.5)
+    with pytest.raises(ValueError, match="Gaussian noise"):
+        udm.Denoiser(lambda a, b: a, uniform, prediction="score")(x, 0.5)
     # x0 prediction is process-agnostic
     out = udm.Denoiser(lambda a, b: 2 * a, p, prediction="x0")(x, 0.5)
     torch.testing.assert_close(out, 2 * x)

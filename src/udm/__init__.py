@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 from . import data, kernels, losses, metrics, nets, processes, rng, theory, training
 from .denoiser import PARAMETERIZATIONS, Denoiser, Parameterization, convert, from_x0, to_x0
-from .processes import PROCESSES, GaussianProcess, NotInvertible, Process, get_process
+from .processes import NOISES, PROCESSES, GaussianProcess, LinearProcess, NotInvertible, Process, get_noise, get_process
 from .samplers import GRIDS, SAMPLERS, get_grid, sample
 
 
@@ -30,12 +30,15 @@ __all__ = [
     "SAMPLERS",
     "Denoiser",
     "GaussianProcess",
+    "LinearProcess",
+    "NOISES",
     "NotInvertible",
     "Parameterization",
     "Process",
     "convert",
     "from_x0",
     "get_grid",
+    "get_noise",
     "get_process",
     "data",
     "kernels",

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .processes.base import Process, time_tensor
-from .processes.gaussian import require_gaussian
+from .processes.gaussian import require_gaussian, require_linear
 from .registry import Registry
 
 Tensor = torch.Tensor
@@ -49,12 +49,25 @@ class Parameterization:
         """What the network is fed: (x_t, t) unless the parameterization preconditions them."""
         return x, t.reshape(-1).to(x.dtype).expand(x.shape[0])
 
+    def to_x0(self, pred: Tensor, x: Tensor, t: Tensor, process: Process) -> Tensor:
+        """x0 from the network output: (pred - a x_t) / b (non-affine parameterizations override)."""
+        a, b = self.coefficients(process, t)
+        return (pred - a.to(x.dtype) * x) / b.to(x.dtype)
+
+    def from_x0(self, x0: Tensor, x: Tensor, t: Tensor, process: Process) -> Tensor:
+        """The network's target at (x_t, t) given x0: a x_t + b x0."""
+        a, b = self.coefficients(process, t)
+        return a.to(x.dtype) * x + b.to(x.dtype) * x0
+
     def config(self) -> dict:
         return {}
 
 
 def _gaussian(process: Process, name: str) -> Process:
-    return require_gaussian(process, f"the {name!r} parameterization")
+    """The process if it is linear (alpha_t, sigma_t); the score additionally needs eps ~ N(0, I)."""
+    if name == "score":
+        return require_gaussian(process, "the 'score' parameterization (score = -eps/sigma holds for Gaussian noise only)")
+    return require_linear(process, f"the {name!r} parameterization")
 
 
 class EpsParameterization(Parameterization):
@@ -162,14 +175,12 @@ def get_parameterization(prediction: str | Parameterization, **kwargs) -> Parame
 
 def to_x0(pred: Tensor, x: Tensor, t: float | Tensor, process: Process, prediction: str | Parameterization) -> Tensor:
     """x0 = (pred - a x_t) / b for a network output ``pred`` in parameterization ``prediction``."""
-    a, b = get_parameterization(prediction).coefficients(process, time_tensor(t, x))
-    return (pred - a.to(x.dtype) * x) / b.to(x.dtype)
+    return get_parameterization(prediction).to_x0(pred, x, time_tensor(t, x), process)
 
 
 def from_x0(x0: Tensor, x: Tensor, t: float | Tensor, process: Process, prediction: str | Parameterization) -> Tensor:
     """target = a x_t + b x0: the quantity ``prediction`` at (x_t, t) given x0."""
-    a, b = get_parameterization(prediction).coefficients(process, time_tensor(t, x))
-    return a.to(x.dtype) * x + b.to(x.dtype) * x0
+    return get_parameterization(prediction).from_x0(x0, x, time_tensor(t, x), process)
 
 
 def convert(

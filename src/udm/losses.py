@@ -36,7 +36,7 @@ import torch
 
 from .denoiser import Denoiser, from_x0, get_parameterization
 from .processes.base import Process
-from .processes.gaussian import require_gaussian
+from .processes.gaussian import require_gaussian, require_linear
 from .registry import Registry
 
 Tensor = torch.Tensor
@@ -131,14 +131,14 @@ class LogNormalTime(TimeSampler):
         self.p_mean, self.p_std = float(p_mean), float(p_std)
 
     def draw(self, process: Process, n: int, generator, device) -> Tensor:
-        p = require_gaussian(process, "the lognormal time sampler")
+        p = require_linear(process, "the lognormal time sampler")
         dev = generator.device if generator is not None else device
         z = torch.randn(n, generator=generator, dtype=torch.float64, device=dev)
         t = p.t_from_sigma_tilde(torch.exp(self.p_mean + self.p_std * z))
         return t.clamp(process.t_eps, process.t_max)
 
     def log_density(self, process: Process, t: Tensor) -> Tensor:
-        p = require_gaussian(process, "the lognormal time sampler")
+        p = require_linear(process, "the lognormal time sampler")
         z = (torch.log(p.sigma_tilde(t)) - self.p_mean) / self.p_std
         jac = 0.5 * p.dlog_snr(t).abs()
         return -0.5 * z**2 - math.log(self.p_std * math.sqrt(2 * math.pi)) + torch.log(jac)
@@ -157,7 +157,7 @@ class LogSNRTime(TimeSampler):
         self.min_log_snr, self.max_log_snr = min_log_snr, max_log_snr
 
     def _range(self, process: Process) -> tuple[float, float]:
-        p = require_gaussian(process, "the logsnr time sampler")
+        p = require_linear(process, "the logsnr time sampler")
         lo = float(p.log_snr(process.t_max)) if self.min_log_snr is None else float(self.min_log_snr)
         hi = float(p.log_snr(process.t_eps)) if self.max_log_snr is None else float(self.max_log_snr)
         if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -176,7 +176,7 @@ class LogSNRTime(TimeSampler):
 
     def log_density(self, process: Process, t: Tensor) -> Tensor:
         lo, hi = self._range(process)
-        p = require_gaussian(process, "the logsnr time sampler")
+        p = require_linear(process, "the logsnr time sampler")
         return torch.log(p.dlog_snr(t).abs()) - math.log(hi - lo)
 
     def config(self) -> dict:
@@ -298,7 +298,7 @@ def get_time_sampler(spec: str | dict | TimeSampler | None) -> TimeSampler:
 def _x0_weight(process: Process, t: Tensor, weighting: str, gamma: float) -> Tensor:
     """lambda(t): the weight on ||x0_hat - x0||^2 that ``weighting`` means (module docstring)."""
     if weighting == "min_snr":
-        return torch.clamp(torch.exp(require_gaussian(process, "min_snr weighting").log_snr(t)), max=gamma)
+        return torch.clamp(torch.exp(require_linear(process, "min_snr weighting").log_snr(t)), max=gamma)
     if weighting == "likelihood":
         p = require_gaussian(process, "likelihood weighting")
         _, g2 = p.sde(t)

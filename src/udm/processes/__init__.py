@@ -23,6 +23,8 @@ from .gaussian import (
     DDPMSchedule,
     EDMSchedule,
     GaussianProcess,
+    HeatSchedule,
+    LinearProcess,
     RectifiedFlowSchedule,
     Schedule,
     SubVPSchedule,
@@ -32,25 +34,49 @@ from .gaussian import (
     VPSchedule,
     ddpm_betas,
     require_gaussian,
+    require_linear,
 )
+from .noise import NOISES, CDFNoise, GaussianNoise, LaplaceNoise, NoiseLaw, StudentTNoise, UniformNoise, get_noise
 
 PROCESSES: Registry[Callable[..., Process]] = Registry("process")
 
 
 
-def _gaussian_factory(schedule: type[Schedule]) -> Callable[..., Process]:
-    """``GaussianProcess(schedule(**options))``, with the schedule's signature so options can be validated."""
+def linear_process(schedule: Schedule, noise: str | dict | NoiseLaw | None = None, name: str | None = None) -> LinearProcess:
+    """A :class:`GaussianProcess` for N(0, I) noise, else a :class:`LinearProcess` with that noise law."""
+    law = get_noise(noise)
+    return GaussianProcess(schedule, name) if law.is_standard_normal else LinearProcess(schedule, name, law)
 
-    def build(**options) -> Process:
-        return GaussianProcess(schedule(**options))
 
-    build.__signature__ = inspect.signature(schedule)
+def _linear_factory(schedule: type[Schedule]) -> Callable[..., Process]:
+    """``schedule(**options)`` with an optional ``noise`` law, with a signature so options can be validated."""
+
+    def build(noise: str | dict | None = None, **options) -> Process:
+        return linear_process(schedule(**options), noise)
+
+    params = list(inspect.signature(schedule).parameters.values())
+    noise = inspect.Parameter("noise", inspect.Parameter.KEYWORD_ONLY, default=None)
+    build.__signature__ = inspect.Signature([p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params] + [noise])
     build.__doc__ = schedule.__doc__
     return build
 
 
-for _schedule in (DDPMSchedule, VPLinearSchedule, VPCosineSchedule, SubVPSchedule, VESchedule, EDMSchedule, RectifiedFlowSchedule):
-    PROCESSES.register(_schedule.name, _gaussian_factory(_schedule))
+for _schedule in (
+    DDPMSchedule, VPLinearSchedule, VPCosineSchedule, SubVPSchedule, VESchedule, EDMSchedule, RectifiedFlowSchedule, HeatSchedule
+):
+    PROCESSES.register(_schedule.name, _linear_factory(_schedule))
+
+
+def pfgmpp(D: float = 128.0, sigma_min: float = 0.002, sigma_max: float = 80.0, clip: float | None = None) -> LinearProcess:
+    """PFGM++ (THEORY §7.4) in EDM's clock: x = x0 + sigma eps, eps multivariate Student-t with D dof (r = sigma sqrt D).
+
+    D = 1 is PFGM's gravity kernel; D -> inf is EDM. Train with the EDM loss and
+    sample with Heun, exactly as EDM.
+    """
+    return LinearProcess(EDMSchedule(sigma_min, sigma_max), "pfgmpp", StudentTNoise(D, clip))
+
+
+PROCESSES.register("pfgmpp", pfgmpp)
 
 
 def _blur_dct(**options) -> Process:
@@ -89,6 +115,18 @@ __all__ = [
     "DDPMSchedule",
     "EDMSchedule",
     "GaussianProcess",
+    "HeatSchedule",
+    "LinearProcess",
+    "NOISES",
+    "NoiseLaw",
+    "CDFNoise",
+    "GaussianNoise",
+    "LaplaceNoise",
+    "StudentTNoise",
+    "UniformNoise",
+    "get_noise",
+    "linear_process",
+    "require_linear",
     "NotInvertible",
     "Process",
     "RectifiedFlowSchedule",

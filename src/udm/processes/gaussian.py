@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .. import rng
+from ..numerics import invert_increasing
 from .base import Process, time_tensor
+from .noise import GaussianNoise, NoiseLaw, get_noise
 
 Tensor = torch.Tensor
 
@@ -372,22 +374,117 @@ class RectifiedFlowSchedule(Schedule):
         return {"t_eps": self.t_eps}
 
 
-def require_gaussian(process: Process, what: str, hint: str = "") -> "GaussianProcess":
-    """``process`` if it offers alpha_t and sigma_t, else one clear error naming ``what`` needed them."""
+_EXPRESSION_NAMES = {
+    "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "expm1": torch.expm1, "log1p": torch.log1p,
+    "sinh": torch.sinh, "cosh": torch.cosh, "tanh": torch.tanh, "tan": torch.tan, "sin": torch.sin,
+    "pi": math.pi,
+}
+
+
+def expression(text: str, variable: str = "t") -> Callable[[Tensor], Tensor]:
+    """A function of one tensor from a formula such as ``"80 * t**2"`` (configs cannot hold Python callables).
+
+    Only the variable, numbers, arithmetic and ``exp log sqrt expm1 log1p sinh cosh tanh tan sin pi`` are allowed.
+    """
+    try:
+        code = compile(text, "<expression>", "eval")
+    except SyntaxError as err:
+        raise ValueError(f"cannot parse the expression {text!r}: {err.msg}") from None
+    unknown = sorted(set(code.co_names) - set(_EXPRESSION_NAMES) - {variable})
+    if unknown:
+        raise ValueError(f"the expression {text!r} uses {unknown}; allowed: {variable}, {', '.join(_EXPRESSION_NAMES)}")
+
+    def fn(t: Tensor) -> Tensor:
+        value = eval(code, {"__builtins__": {}}, {**_EXPRESSION_NAMES, variable: t})  # names checked above
+        return torch.as_tensor(value, dtype=torch.float64) + torch.zeros_like(t)
+
+    return fn
+
+
+class HeatSchedule(Schedule):
+    """The heat-equation ODE (THEORY §5.1): alpha = 1 and a user-chosen increasing sigma_t with sigma_0 = 0.
+
+    dx/dt = -sigma' sigma grad log p_t, p_t = p_0 * N(0, sigma_t^2 I). ``sigma`` is a
+    formula in t (see :func:`expression`) or a Python callable on float64 tensors;
+    sigma' comes from autograd and the inverse clock from bisection, so any smooth
+    increasing choice works. VE (geometric sigma) and EDM (sigma = t) are special cases.
+    """
+
+    name = "heat"
+
+    def __init__(self, sigma: str | Callable[[Tensor], Tensor] = "80 * t**2", t_max: float = 1.0, t_eps: float = 5e-3) -> None:
+        self.formula = sigma if isinstance(sigma, str) else getattr(sigma, "__name__", "custom")
+        self._sigma = expression(sigma) if isinstance(sigma, str) else sigma
+        if not 0 < t_eps < t_max:
+            raise ValueError(f"heat schedule: need 0 < t_eps < t_max, got t_eps={t_eps}, t_max={t_max}")
+        self.t_max, self.t_eps = float(t_max), float(t_eps)
+        grid = torch.linspace(0.0, self.t_max, 1001, dtype=torch.float64)
+        values = self._sigma(grid)
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"heat schedule: sigma_t = {self.formula} is not finite on [0, {self.t_max:g}]")
+        if abs(float(values[0])) > 1e-12:
+            raise ValueError(f"heat schedule: sigma_0 must be 0 (clean data at t = 0), got {float(values[0]):g} for {self.formula}")
+        if not bool((values[1:] > values[:-1]).all()):
+            raise ValueError(f"heat schedule: sigma_t = {self.formula} must increase strictly on [0, {self.t_max:g}]")
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.ones_like(_t64(t))
+
+    def dalpha(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(_t64(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self._sigma(_t64(t))
+
+    def dsigma(self, t: Tensor) -> Tensor:
+        with torch.enable_grad():
+            tt = _t64(t).detach().clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(self._sigma(tt).sum(), tt)
+        return g
+
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        target = torch.exp(-0.5 * _t64(log_snr)).clamp(float(self.sigma(0.0)), float(self.sigma(self.t_max)))
+        return invert_increasing(self._sigma, target, 0.0, self.t_max)
+
+    def config(self) -> dict:
+        return {"sigma": self.formula, "t_max": self.t_max, "t_eps": self.t_eps}
+
+
+def require_linear(process: Process, what: str, hint: str = "") -> "LinearProcess":
+    """``process`` if it offers alpha_t and sigma_t (x_t = alpha x0 + sigma eps, any noise), else a clear error."""
     if not (hasattr(process, "alpha") and hasattr(process, "sigma")):
         raise ValueError(
-            f"{what} needs a Gaussian process (x_t = alpha x0 + sigma eps), got {process.name!r}" + (f"; {hint}" if hint else "")
+            f"{what} needs a linear process (x_t = alpha x0 + sigma eps), got {process.name!r}" + (f"; {hint}" if hint else "")
         )
     return process
 
 
-class GaussianProcess(Process):
-    """x_t = alpha_t x0 + sigma_t eps, eps ~ N(0, I), for any :class:`Schedule` (THEORY §4.1)."""
+def require_gaussian(process: Process, what: str, hint: str = "") -> "GaussianProcess":
+    """``process`` if it is linear with eps ~ N(0, I), else one clear error naming ``what`` needed it."""
+    require_linear(process, what, hint)
+    if not process.noise_is_standard_normal:
+        raise ValueError(
+            f"{what} needs Gaussian noise eps ~ N(0, I), but process {process.name!r} draws eps from {process.noise!r}"
+            + (f"; {hint}" if hint else "")
+        )
+    return process
 
-    noise_is_standard_normal = True
 
-    def __init__(self, schedule: Schedule, name: str | None = None) -> None:
+class LinearProcess(Process):
+    """x_t = alpha_t x0 + sigma_t eps for any :class:`Schedule` and any noise law q (THEORY §4.1, §7.4, §8.1).
+
+    With q = N(0, I) this is the Gaussian family (:class:`GaussianProcess`).
+    Other laws (``udm.processes.noise``: uniform box, Laplace, Student-t /
+    PFGM++, radial CDFs) keep the linear path, so the conditional velocity
+    alpha' x0 + sigma' eps, F_t^{-1}, the kernel q((x - alpha x0)/sigma)/sigma^d
+    and every ODE sampler carry over; what needs Gaussian noise (the SDE, the
+    DDPM posterior, the score) lives on :class:`GaussianProcess` only.
+    """
+
+    def __init__(self, schedule: Schedule, name: str | None = None, noise: str | dict | NoiseLaw | None = None) -> None:
         self.schedule = schedule
+        self.noise = get_noise(noise)
+        self.noise_is_standard_normal = self.noise.is_standard_normal
         self.name = name or schedule.name
         self.t_min = 0.0
         self.t_max = float(schedule.t_max)
@@ -431,6 +528,58 @@ class GaussianProcess(Process):
         """Inverse of :meth:`sigma_tilde` (through the log-SNR)."""
         return self.t_from_log_snr(-2.0 * torch.log(_t64(sigma_tilde)))
 
+    def log_kernel(self, x_t: Tensor, x0: Tensor, t: float | Tensor) -> Tensor:
+        """log p_t(x_t | x0) = log q((x_t - alpha_t x0) / sigma_t) - d log sigma_t (THEORY §8.1, example 2), per sample."""
+        tt = time_tensor(t, x_t)
+        a, s = self.alpha(tt), self.sigma(tt)
+        eps = (x_t.to(torch.float64) - a * x0.to(torch.float64)) / s
+        return self.noise.log_prob(eps) - x_t[0].numel() * torch.log(s.reshape(-1))
+
+    # --- the Process protocol -----------------------------------------------------------------
+    def corrupt(self, x0: Tensor, t: float | Tensor, eps: Tensor) -> Tensor:
+        """F_t(x0, eps) = alpha_t x0 + sigma_t eps (THEORY §4.1)."""
+        tt = time_tensor(t, x0)
+        return self.alpha(tt).to(x0.dtype) * x0 + self.sigma(tt).to(x0.dtype) * eps
+
+    def recover_noise(self, x0: Tensor, x_t: Tensor, t: float | Tensor, *, generator: rng.GeneratorLike = None) -> Tensor:
+        """F_t^{-1}(x0, x_t) = (x_t - alpha_t x0) / sigma_t (THEORY §4.1); needs sigma_t > 0."""
+        tt = time_tensor(t, x_t)
+        return (x_t - self.alpha(tt).to(x_t.dtype) * x0) / self.sigma(tt).to(x_t.dtype)
+
+    def sample_noise(
+        self,
+        shape: Sequence[int],
+        generator: rng.GeneratorLike = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """eps ~ q, the process's noise law."""
+        return self.noise.sample(shape, generator, dtype=dtype, device=device)
+
+    def prior(
+        self,
+        shape: Sequence[int],
+        generator: rng.GeneratorLike = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """x_T = alpha_T x0 + sigma_T eps approximated by sigma_T eps (alpha_T ~ 0, or sigma_T >> the data scale)."""
+        return float(self.sigma(self.t_max)) * self.noise.sample(shape, generator, dtype=dtype, device=device)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.schedule.config().items() if k != "alphas_cumprod")
+        noise = "" if self.noise_is_standard_normal else f", noise={self.noise!r}"
+        return f"{type(self).__name__}({self.name!r}, {type(self.schedule).__name__}({args}){noise})"
+
+
+class GaussianProcess(LinearProcess):
+    """x_t = alpha_t x0 + sigma_t eps with eps ~ N(0, I): the Gaussian ("hot") family (THEORY §4.1)."""
+
+    def __init__(self, schedule: Schedule, name: str | None = None) -> None:
+        super().__init__(schedule, name, GaussianNoise())
+
     def sde(self, t: float | Tensor) -> tuple[Tensor, Tensor]:
         """Forward SDE dx = f(t) x dt + g(t) dw: returns (f(t), g(t)^2) (THEORY §9.3).
 
@@ -461,37 +610,3 @@ class GaussianProcess(Process):
         mean = c_xt.to(x_t.dtype) * x_t + c_x0.to(x_t.dtype) * x0
         return mean, var.to(x_t.dtype)
 
-    def log_kernel(self, x_t: Tensor, x0: Tensor, t: float | Tensor) -> Tensor:
-        """log p(x_t | x0) = log N(x_t; alpha_t x0, sigma_t^2 I), summed over all but the batch dimension."""
-        tt = time_tensor(t, x_t)
-        a, s = self.alpha(tt), self.sigma(tt)
-        d = x_t[0].numel()
-        r2 = ((x_t.to(torch.float64) - a * x0.to(torch.float64)) ** 2).flatten(1).sum(1)
-        s = s.reshape(-1)
-        return -0.5 * r2 / s**2 - d * torch.log(s) - 0.5 * d * math.log(2 * math.pi)
-
-    # --- the Process protocol -----------------------------------------------------------------
-    def corrupt(self, x0: Tensor, t: float | Tensor, eps: Tensor) -> Tensor:
-        """F_t(x0, eps) = alpha_t x0 + sigma_t eps (THEORY §4.1)."""
-        tt = time_tensor(t, x0)
-        return self.alpha(tt).to(x0.dtype) * x0 + self.sigma(tt).to(x0.dtype) * eps
-
-    def recover_noise(self, x0: Tensor, x_t: Tensor, t: float | Tensor, *, generator: rng.GeneratorLike = None) -> Tensor:
-        """F_t^{-1}(x0, x_t) = (x_t - alpha_t x0) / sigma_t (THEORY §4.1); needs sigma_t > 0."""
-        tt = time_tensor(t, x_t)
-        return (x_t - self.alpha(tt).to(x_t.dtype) * x0) / self.sigma(tt).to(x_t.dtype)
-
-    def prior(
-        self,
-        shape: Sequence[int],
-        generator: rng.GeneratorLike = None,
-        *,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> Tensor:
-        """x_T ~ N(0, (alpha_T^2 s_data^2 + sigma_T^2) I) approximated by N(0, sigma_T^2 I) (alpha_T ~ 0 or sigma_T >> 1)."""
-        return float(self.sigma(self.t_max)) * rng.randn(shape, generator, dtype=dtype, device=device)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.schedule.config().items() if k != "alphas_cumprod")
-        return f"GaussianProcess({self.name!r}, {type(self.schedule).__name__}({args}))"

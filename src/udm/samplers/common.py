@@ -14,8 +14,9 @@ from typing import Any
 import torch
 
 from ..processes.base import Process
-from ..processes.gaussian import GaussianProcess
+from ..processes.gaussian import GaussianProcess, LinearProcess
 from ..processes.gaussian import require_gaussian as gaussian_or_error
+from ..processes.gaussian import require_linear as linear_or_error
 
 Tensor = torch.Tensor
 DenoiseFn = Callable[[Tensor, float], Tensor]
@@ -23,8 +24,17 @@ Callback = Callable[[dict[str, Any]], None] | None
 
 
 def require_gaussian(process: Process, sampler: str) -> GaussianProcess:
-    """``process`` if it is Gaussian (alpha_t, sigma_t), else a clear error naming the sampler."""
-    return gaussian_or_error(process, f"sampler {sampler!r}", "use the generic 'udm' kernel sampler")
+    """``process`` if it is Gaussian (alpha_t, sigma_t, eps ~ N(0, I)), else a clear error naming the sampler."""
+    return gaussian_or_error(process, f"sampler {sampler!r}", "use an ODE sampler or the generic 'udm' kernel sampler")
+
+
+def require_linear(process: Process, sampler: str) -> LinearProcess:
+    """``process`` if it is linear (alpha_t, sigma_t; any noise law), else a clear error naming the sampler.
+
+    Deterministic samplers only integrate dx/dt = alpha' x0_hat + sigma' eps_hat,
+    which is the marginal velocity of a linear path whatever the noise law (THEORY §8.1).
+    """
+    return linear_or_error(process, f"sampler {sampler!r}", "use the generic 'udm' kernel sampler")
 
 
 def alpha_sigma(process: GaussianProcess, t: float) -> tuple[float, float]:

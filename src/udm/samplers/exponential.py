@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from ..processes.gaussian import GaussianProcess
-from .common import Callback, DenoiseFn, alpha_sigma, report, require_gaussian
+from .common import Callback, DenoiseFn, alpha_sigma, report, require_linear
 
 Tensor = torch.Tensor
 
@@ -110,7 +110,7 @@ def dpmpp_2m(
     clean data (see ``final_order``) and, with ``lower_order_final`` as in
     diffusers when there are fewer than 15 steps, the last step are first order.
     """
-    p = require_gaussian(process, "dpmpp_2m")
+    p = require_linear(process, "dpmpp_2m")
     return _dpmpp_multistep(denoiser, p, x, times, 2, lower_order_final, final_order, False, callback)
 
 
@@ -144,7 +144,7 @@ def dpmpp_3m(
     ``final_order``; with ``lower_order_final`` and fewer than 15 steps the
     last two steps are orders 1 and 2 (diffusers' schedule).
     """
-    p = require_gaussian(process, "dpmpp_3m")
+    p = require_linear(process, "dpmpp_3m")
     return _dpmpp_multistep(denoiser, p, x, times, 3, lower_order_final, final_order, diffusers_compat, callback)
 
 
@@ -276,7 +276,7 @@ def unipc(
     for few-step unconditional sampling benchmarks/RESULTS.md recommends
     order=3, variant="bh1" below 10 steps, final_order=2 and grid="quadratic".
     """
-    p = require_gaussian(process, "unipc")
+    p = require_linear(process, "unipc")
     if order < 1:
         raise ValueError(f"order must be >= 1, got {order}")
     if variant not in ("bh1", "bh2"):

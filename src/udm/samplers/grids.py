@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 
 from ..processes.base import Process
-from ..processes.gaussian import require_gaussian
+from ..processes.gaussian import require_linear
 from ..registry import Registry
 
 Tensor = torch.Tensor
@@ -54,7 +54,7 @@ def quadratic(process: Process, steps: int, *, t_start: float | None = None) -> 
 
 
 def _needs_gaussian(process: Process, grid: str) -> None:
-    require_gaussian(process, f"the {grid!r} grid (it spaces times by noise level)")
+    require_linear(process, f"the {grid!r} grid (it spaces times by noise level)")
 
 
 def _level_grid(
