@@ -52,7 +52,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 SAMPLE_DEFAULTS: dict[str, Any] = {"sampler": "dpmpp_2m", "steps": 50, "grid": None, "n": 64, "eval_n": 2000, "options": {}}
-LOSS_DEFAULTS: dict[str, Any] = {"weighting": "target", "time_sampler": {"name": "uniform"}, "gamma": 5.0, "norm": "l2"}
+LOSS_DEFAULTS: dict[str, Any] = {
+    "objective": "auto", "weighting": "target", "time_sampler": {"name": "uniform"}, "gamma": 5.0, "norm": "l2", "points": None
+}
 TOP_KEYS = ("name", "seed", "data", "process", "prediction", "network", "loss", "train", "sample")
 REQUIRED = ("data", "process", "network")
 
@@ -161,7 +163,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     """Check every key and value of ``config`` and return it with all defaults filled in."""
     from .data import DATASETS
     from .denoiser import PARAMETERIZATIONS
-    from .losses import CE_WEIGHTINGS, NORMS, TIME_SAMPLERS, WEIGHTINGS
+    from .losses import CE_WEIGHTINGS, NORMS, OBJECTIVES, TIME_SAMPLERS, WEIGHTINGS
     from .nets import NETWORKS
     from .processes import PROCESSES
     from .samplers import SAMPLERS
@@ -212,6 +214,10 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
             f"config key 'loss.norm' is {loss['norm']!r}; allowed: l2, or l1 with weighting 'target' "
             "(the cold-diffusion restoration loss); the logits prediction takes l2 (cross-entropy)"
         )
+    if loss["objective"] not in OBJECTIVES:
+        raise ConfigError(f"config key 'loss.objective' is {loss['objective']!r}; allowed: {', '.join(OBJECTIVES)}")
+    if loss["objective"] == "poisson_field" and prediction["name"] != "pfgm":
+        raise ConfigError("config key 'loss.objective' is 'poisson_field', which trains prediction 'pfgm' (PFGM's normalized field)")
     ts = _named("loss.time_sampler", loss["time_sampler"], TIME_SAMPLERS, default="uniform")
     check_options("loss.time_sampler", "time sampler", ts["name"], TIME_SAMPLERS.get(ts["name"]), _opts(ts))
     loss["time_sampler"] = ts

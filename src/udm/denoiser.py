@@ -17,6 +17,7 @@ two of them through x0; round trips are exact to floating-point precision.
 | v        | alpha eps - sigma x0 (Salimans & Ho)      | alpha/sigma             | -(alpha^2 + sigma^2)/sigma |
 | velocity | alpha' x0 + sigma' eps (dx_t/dt)          | sigma'/sigma            | alpha' - sigma' alpha/sigma|
 | edm      | F with D = c_skip x~ + c_out F(c_in x~)  | -c_skip/(alpha c_out)   | 1/c_out                    |
+| pfgm     | sqrt(N) (x0 - x) / (|(x0 - x, z)| + gamma) | not affine (PFGM's normalized field, §6.2) | |
 
 (x~ = x_t/alpha and sigma~ = sigma/alpha for ``edm``: EDM's preconditioning
 applied in the variance-exploding coordinates, Karras et al. 2022, Table 1.)
@@ -24,6 +25,7 @@ applied in the variance-exploding coordinates, Karras et al. 2022, Table 1.)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -137,6 +139,63 @@ class EDMParameterization(Parameterization):
         return {"sigma_data": self.sigma_data}
 
 
+class PFGMParameterization(Parameterization):
+    """PFGM's normalized field (THEORY §6.2, P2): the network predicts the x-part of v = sqrt(N) E / (|E| + gamma).
+
+    For a process with alpha = 1 and sigma = z, the field points from (x, z) to the
+    posterior mean: E = (x0 - x, -z) (the empirical field of P2 is this with x0 the
+    batch posterior mean). The network outputs v_x = sqrt(N) (x0 - x) / (|E| + gamma);
+    the z-part is fixed by the normalization, which is how the paper's own sampler
+    recovers f_z near the data (App. B.2.3). The map is not affine: with
+    q = |v_x| / sqrt(N) and n = |x0 - x|, q (sqrt(n^2 + z^2) + gamma) = n gives
+    n = q (gamma + sqrt(q^2 gamma^2 + (1 - q^2) z^2)) / (1 - q^2).
+
+    The network sees x / sqrt(z^2 + sigma_data^2) and log(z) / 4 (EDM-style
+    preconditioning; the paper feeds raw (x, z)).
+    """
+
+    name = "pfgm"
+
+    def __init__(self, gamma: float = 0.0, sigma_data: float = 0.5) -> None:
+        if gamma < 0:
+            raise ValueError(f"pfgm parameterization: gamma must be >= 0, got {gamma}")
+        self.gamma, self.sigma_data = float(gamma), float(sigma_data)
+
+    def _z(self, process: Process, t: Tensor) -> Tensor:
+        p = require_linear(process, "the 'pfgm' parameterization")
+        if not bool((p.alpha(t) == 1).all()):
+            raise ValueError(f"the 'pfgm' parameterization needs alpha_t = 1 (z = sigma_t), as in PFGM; process {process.name!r} has alpha != 1")
+        return p.sigma(t)
+
+    def coefficients(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
+        raise ValueError("the 'pfgm' parameterization is not affine in (x_t, x0); loss weightings other than 'target' do not apply")
+
+    def net_input(self, process: Process, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        z = self._z(process, t)
+        c_in = 1.0 / torch.sqrt(z**2 + self.sigma_data**2)
+        return c_in.to(x.dtype) * x, (0.25 * torch.log(z)).reshape(-1).to(x.dtype).expand(x.shape[0])
+
+    def from_x0(self, x0: Tensor, x: Tensor, t: Tensor, process: Process) -> Tensor:
+        z = self._z(process, t).to(torch.float64).reshape(-1, *([1] * (x.ndim - 1)))
+        a = (x0 - x).to(torch.float64)
+        n_dim = a[0].numel()
+        norm_e = torch.sqrt((a**2).flatten(1).sum(1).reshape(-1, *([1] * (x.ndim - 1))) + z**2)
+        return (math.sqrt(n_dim) * a / (norm_e + self.gamma)).to(x.dtype)
+
+    def to_x0(self, pred: Tensor, x: Tensor, t: Tensor, process: Process) -> Tensor:
+        z = self._z(process, t).to(torch.float64).reshape(-1, *([1] * (x.ndim - 1)))
+        v = pred.to(torch.float64)
+        n_dim = v[0].numel()
+        v_norm = v.flatten(1).norm(dim=1).reshape(-1, *([1] * (x.ndim - 1)))
+        q = (v_norm / math.sqrt(n_dim)).clamp(max=1.0 - 1e-12)
+        g = self.gamma
+        n = q * (g + torch.sqrt(q**2 * g**2 + (1.0 - q**2) * z**2)) / (1.0 - q**2)
+        return (x.to(torch.float64) + n * v / v_norm.clamp_min(1e-300)).to(x.dtype)
+
+    def config(self) -> dict:
+        return {"gamma": self.gamma, "sigma_data": self.sigma_data}
+
+
 class LogitsParameterization(Parameterization):
     """The network outputs the logits of a categorical q(x0 | x_t) (THEORY §3.1, discrete data; §4.3-§4.5).
 
@@ -161,6 +220,7 @@ for _cls in (
     VParameterization,
     VelocityParameterization,
     EDMParameterization,
+    PFGMParameterization,
     LogitsParameterization,
 ):
     PARAMETERIZATIONS.register(_cls.name, _cls)

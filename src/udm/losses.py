@@ -500,17 +500,101 @@ class CrossEntropyLoss(Objective):
         return {"weighting": self.weighting, "time_sampler": self.time_sampler.config()}
 
 
+def empirical_posterior_mean(x: Tensor, z: Tensor, reference: Tensor) -> Tensor:
+    """sum_j w_j y_j with PFGM's stable weights w_j ∝ (|x - y_j|^2 + z^2)^(-(N+1)/2) (THEORY §6.2, P2 step 1).
+
+    These are the posterior weights of the gravity (Cauchy) kernel over the
+    reference batch, computed as a softmax of -(N+1) log d_j, which is P2's
+    (min_k d_k / d_j)^(N+1), renormalized. ``z`` is per sample (n,).
+    """
+    xf, yf = x.flatten(1).to(torch.float64), reference.flatten(1).to(torch.float64)
+    d2 = torch.cdist(xf, yf).pow(2) + z.to(torch.float64).reshape(-1, 1) ** 2
+    w = torch.softmax(-0.5 * (xf.shape[1] + 1) * torch.log(d2), dim=1)
+    return (w @ yf).reshape(x.shape).to(x.dtype)
+
+
+class PoissonFieldLoss(Objective):
+    """PFGM's objective (THEORY §6.2, P1 + P2): regress the normalized empirical field of the batch.
+
+    (z, eps) come from the process's P1 perturbation (``process.perturb``) for
+    the first ``points`` rows of the batch (all rows by default); the target is
+    the field of the *whole* batch at those points, i.e. the ``pfgm``
+    parameterization of the empirical posterior mean (:func:`empirical_posterior_mean`).
+    A batch of B rows with ``points`` = n is the paper's large batch B / small batch n.
+    The target is biased for finite B (normalization after averaging, §6.1);
+    the unbiased alternative is :class:`DenoisingLoss` on the same process (the
+    conditional-velocity target of §7.2, GF1).
+    """
+
+    def __init__(self, points: int | None = None) -> None:
+        if points is not None and points < 1:
+            raise ValueError(f"poisson_field loss: points must be >= 1, got {points}")
+        super().__init__(None)
+        self.points = points
+
+    def draw(self, process: Process, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """P1's (z, eps) for every row and unit weights."""
+        perturb = getattr(process, "perturb", None)
+        if perturb is None:
+            raise ValueError(f"the poisson_field loss needs PFGM's perturbation (process 'pfgm'), got process {process.name!r}")
+        z, eps = perturb(x0, generator)
+        return z, torch.ones_like(z), eps
+
+    def __call__(
+        self,
+        denoiser: Denoiser,
+        x0: Tensor,
+        cond: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        t: Tensor | None = None,
+        w: Tensor | None = None,
+        eps: Tensor | None = None,
+    ) -> LossOutput:
+        """The loss on the first ``points`` rows of ``x0``, with the whole batch as the field's sources."""
+        process = denoiser.process
+        t, w, eps = self.times_and_noise(process, x0, generator, t, w, eps)
+        n = min(self.points or x0.shape[0], x0.shape[0])
+        t, w, eps = t[:n], w[:n], eps[:n]
+        x_t = process.corrupt(x0[:n], t, eps)
+        target = from_x0(empirical_posterior_mean(x_t, t, x0), x_t, t, process, denoiser.parameterization)
+        pred = denoiser.raw(x_t, t, None if cond is None else cond[:n])
+        dtype = torch.promote_types(pred.dtype, torch.float32)
+        err = (pred.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(1)
+        per_sample = err * w.to(err.dtype)
+        return LossOutput(per_sample.mean(), per_sample, t, w, err.detach())
+
+    def config(self) -> dict:
+        return {"objective": "poisson_field", "points": self.points}
+
+
+OBJECTIVES = ("auto", "denoising", "cross_entropy", "poisson_field")
+
+
 def make_loss(
     prediction: str,
     weighting: str | None = None,
     time_sampler: str | dict | TimeSampler | None = None,
     gamma: float = 5.0,
     norm: str = "l2",
+    objective: str = "auto",
+    points: int | None = None,
 ) -> Objective:
     """The training objective a config asks for: cross-entropy for the ``logits`` prediction, else denoising.
 
     ``weighting=None`` (or ``"target"`` with logits) takes each loss's default.
+    ``objective="poisson_field"`` is PFGM's P1 + P2 objective on ``points`` rows per batch.
     """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    if objective == "poisson_field":
+        if prediction != "pfgm" or weighting not in (None, "target"):
+            raise ValueError("the poisson_field objective trains the 'pfgm' prediction with weighting 'target'")
+        return PoissonFieldLoss(points)
+    if objective == "cross_entropy" and prediction != "logits":
+        raise ValueError("the cross_entropy objective needs the 'logits' prediction")
+    if points is not None:
+        raise ValueError("loss.points applies to the poisson_field objective only")
     if prediction == "logits":
         if norm != "l2":
             raise ValueError("loss.norm applies to the denoising loss; the logits prediction is trained by cross-entropy")

@@ -18,6 +18,7 @@ from .edit import EditProcess
 from .encoder import EncoderProcess
 from .fade import FadeProcess
 from .mask import MaskProcess
+from .pfgm import PFGMProcess
 from .pooling import PoolProcess
 from .gaussian import (
     DDPMSchedule,
@@ -77,6 +78,7 @@ def pfgmpp(D: float = 128.0, sigma_min: float = 0.002, sigma_max: float = 80.0, 
 
 
 PROCESSES.register("pfgmpp", pfgmpp)
+PROCESSES.register("pfgm", PFGMProcess)
 
 
 def _blur_dct(**options) -> Process:
@@ -111,6 +113,7 @@ __all__ = [
     "EncoderProcess",
     "FadeProcess",
     "PoolProcess",
+    "PFGMProcess",
     "SeparableColdProcess",
     "DDPMSchedule",
     "EDMSchedule",

@@ -48,8 +48,9 @@ def default_time_scale(process: Process, prediction: str) -> float:
 
     The raw time t spans [0, t_max]; EDM's preconditioned input c_noise = log(sigma~)/4
     spans about [-1.6, 1.1], so it is scaled by 250 (the span of EDM's own VP/VE variants).
+    PFGM's log(z)/4 has the same form.
     """
-    return 250.0 if prediction == "edm" else 1000.0 / process.t_max
+    return 250.0 if prediction in ("edm", "pfgm") else 1000.0 / process.t_max
 
 
 def _fill(section: dict[str, Any], factory: Any, auto: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +134,9 @@ def build_experiment(config: dict[str, Any], with_data: bool = True) -> Experime
         config["network"] = resolve_network(config, tuple(train.shape), train.num_classes)
     process, net, denoiser = build_model(config)
     lc = config["loss"]
-    loss = make_loss(config["prediction"]["name"], lc["weighting"], lc["time_sampler"], lc["gamma"], lc["norm"])
+    loss = make_loss(
+        config["prediction"]["name"], lc["weighting"], lc["time_sampler"], lc["gamma"], lc["norm"], lc["objective"], lc["points"]
+    )
     if train is not None:
         conditional = getattr(net, "num_classes", None) is not None
         if conditional and train.y is None:
