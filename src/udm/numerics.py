@@ -28,14 +28,17 @@ def invert_increasing(
 
     With ``expand=True`` the upper end doubles until fn(hi) >= y everywhere
     (for functions on [lo, inf), e.g. a CDF); otherwise y outside [fn(lo), fn(hi)]
-    is an error.
+    is an error. Bisection stops at a relative bracket width ``tol``.
     """
     y = torch.as_tensor(y, dtype=torch.float64)
     a = torch.full_like(y, float(lo))
     b = torch.full_like(y, float(hi))
     if expand:
-        for _ in range(64):
-            short = fn(b) < y
+        for _ in range(1100):
+            value = fn(b)
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError("invert_increasing: the function returned non-finite values while bracketing")
+            short = value < y
             if not bool(short.any()):
                 break
             a = torch.where(short, b, a)
@@ -50,6 +53,15 @@ def invert_increasing(
         m = 0.5 * (a + b)
         below = fn(m) < y
         a, b = torch.where(below, m, a), torch.where(below, b, m)
-        if float((b - a).max()) <= tol * max(1.0, float(b.abs().max())):
+        if bool(((b - a) <= tol * b.abs()).all()):
             break
     return 0.5 * (a + b)
+
+
+def inverse_cdf(cdf: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
+    """The radius r >= 0 with cdf(r) = u, elementwise, for a CDF on [0, inf) (THEORY §7.2, GF3), to 1e-13 relative."""
+    u = torch.as_tensor(u, dtype=torch.float64)
+    if not bool(((u >= 0) & (u < 1)).all()):
+        raise ValueError("inverse_cdf needs probabilities u in [0, 1) (u = 1 is the radius r = inf)")
+    with torch.no_grad():
+        return invert_increasing(cdf, u, 0.0, 1.0, expand=True)

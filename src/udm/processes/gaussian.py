@@ -374,9 +374,12 @@ class RectifiedFlowSchedule(Schedule):
         return {"t_eps": self.t_eps}
 
 
+def _on_tensors(fn: Callable[[Tensor], Tensor]) -> Callable[[float | Tensor], Tensor]:
+    return lambda v: fn(torch.as_tensor(v, dtype=torch.float64))
+
+
 _EXPRESSION_NAMES = {
-    "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "expm1": torch.expm1, "log1p": torch.log1p,
-    "sinh": torch.sinh, "cosh": torch.cosh, "tanh": torch.tanh, "tan": torch.tan, "sin": torch.sin,
+    **{name: _on_tensors(getattr(torch, name)) for name in ("exp", "log", "sqrt", "expm1", "log1p", "sinh", "cosh", "tanh", "tan", "sin")},
     "pi": math.pi,
 }
 

@@ -35,18 +35,10 @@ import numpy as np
 import torch
 
 from .. import rng
-from ..numerics import invert_increasing
+from ..numerics import inverse_cdf
 from ..registry import Registry
 
 Tensor = torch.Tensor
-
-
-def inverse_cdf(cdf: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
-    """The quantile r with cdf(r) = u of a radius law on [0, inf), numerically (THEORY §7.2, GF3)."""
-    u = torch.as_tensor(u, dtype=torch.float64)
-    if bool(((u < 0) | (u >= 1)).any()):
-        raise ValueError("inverse_cdf: quantiles u must lie in [0, 1)")
-    return invert_increasing(cdf, u, 0.0, 1.0, expand=True)
 
 
 def unit_sphere(shape: Sequence[int], generator: rng.GeneratorLike, dtype: torch.dtype, device) -> Tensor:
@@ -217,37 +209,56 @@ class StudentTNoise(RadialNoise):
         return {"D": self.D, "clip": self.clip}
 
 
-RADIAL_CDFS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
-    "exp": (lambda s: -torch.expm1(-s), lambda s: -s),
-    "tanh": (torch.tanh, lambda s: 2.0 * (math.log(2.0) - s - torch.nn.functional.softplus(-2.0 * s))),
-}
-"""Built-in 1-D radius CDFs Psi(s) (THEORY §7.1 worked examples) with log Psi'(s): Exp(1) and sech^2."""
+def one_minus_exp(z: Tensor) -> Tensor:
+    """1 - e^{-z} with the value of -expm1(-z) and the derivatives of 1 - e^{-z}.
+
+    torch differentiates expm1(y) as expm1(y) + 1, which cancels to 0 once
+    e^{-z} < 1e-16, so a radius density d_r Psi would vanish in the tail; the
+    derivatives of 1 - exp(-z) are exact there. Use it when writing a CDF.
+    """
+    smooth = 1.0 - torch.exp(-z)
+    return smooth + (-torch.expm1(-z) - smooth).detach()
+
+
+def _psi_exp(s: Tensor) -> Tensor:
+    """Psi(s) = 1 - exp(-s): the radius is Exp(1)."""
+    return one_minus_exp(s)
+
+
+def _psi_tanh(s: Tensor) -> Tensor:
+    """Psi(s) = tanh(s) = (1 - e^{-2s}) / (1 + e^{-2s}), written so that its derivatives stay accurate in the tail."""
+    return one_minus_exp(2.0 * s) / (1.0 + torch.exp(-2.0 * s))
+
+
+RADIAL_CDFS: dict[str, Callable[[Tensor], Tensor]] = {"exp": _psi_exp, "tanh": _psi_tanh}
+"""Built-in 1-D radius CDFs Psi(s) (THEORY §7.1 worked examples): Exp(1) and the sech^2 law."""
+RADIAL_INVERSES: dict[str, Callable[[Tensor], Tensor]] = {"exp": lambda u: -torch.log1p(-u), "tanh": torch.atanh}
 
 
 class CDFNoise(RadialNoise):
-    """|eps| with the user CDF Psi (a name in ``RADIAL_CDFS`` or a callable), inverted numerically (THEORY §7.2, GF3).
+    """|eps| with the user CDF Psi (a name in ``RADIAL_CDFS`` or a callable) (THEORY §7.1 CDF construction, §7.2 GF3).
 
-    With a callable and no ``log_density``, the radius density Psi' comes from autograd.
+    Radii come from the closed-form inverse for built-in names and from the
+    numeric inverse CDF otherwise; the radius density Psi' from autograd.
     """
 
     name = "radial"
 
-    def __init__(self, cdf: str | Callable[[Tensor], Tensor] = "exp", log_density: Callable[[Tensor], Tensor] | None = None) -> None:
+    def __init__(self, cdf: str | Callable[[Tensor], Tensor] = "exp") -> None:
+        self.inverse = None
         if isinstance(cdf, str):
             if cdf not in RADIAL_CDFS:
                 raise ValueError(f"unknown radius CDF {cdf!r}; built-in: {', '.join(RADIAL_CDFS)} (or pass a callable)")
-            self.cdf_name = cdf
-            cdf, log_density = RADIAL_CDFS[cdf]
+            self.cdf_name, self.inverse = cdf, RADIAL_INVERSES[cdf]
+            cdf = RADIAL_CDFS[cdf]
         else:
             self.cdf_name = getattr(cdf, "__name__", "custom")
-        self.cdf, self._log_density = cdf, log_density
+        self.cdf = cdf
 
     def radius(self, n_dim: int, u: Tensor) -> Tensor:
-        return inverse_cdf(self.cdf, u)
+        return self.inverse(u) if self.inverse is not None else inverse_cdf(self.cdf, u)
 
     def log_radius_density(self, n_dim: int, rho: Tensor) -> Tensor:
-        if self._log_density is not None:
-            return self._log_density(rho)
         with torch.enable_grad():
             r = rho.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.cdf(r).sum(), r)

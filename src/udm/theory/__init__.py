@@ -1,9 +1,32 @@
-"""Exact references (THEORY §10): data whose noisy marginals, scores and posteriors are closed form.
+"""Exact references (THEORY §7, §8, §10): data and fields whose noisy marginals, velocities and posteriors are closed form.
 
-Public API for testing samplers and kernels, and the oracle of udm's own tests.
+Public API for testing samplers and kernels, and the oracle of udm's own tests:
+Gaussian mixtures and point masses (§10), Green's functions (§7), the
+characteristics construction (§8) and the continuity-equation residual.
 """
 
+from .characteristics import Characteristic, ExactField, LinearPath, StraightLine
+from .continuity import Residual, continuity_residual, space_time_divergence
 from .gmm import GaussianMixture
+from .green import CDFGreen, GaussianGreen, GravityGreen, GreenField, GreenFunction, ScaleGreen, divergence_residual, normalization
 from .pointmass import PointMasses
 
-__all__ = ["GaussianMixture", "PointMasses"]
+__all__ = [
+    "CDFGreen",
+    "Characteristic",
+    "ExactField",
+    "GaussianGreen",
+    "GaussianMixture",
+    "GravityGreen",
+    "GreenField",
+    "GreenFunction",
+    "LinearPath",
+    "PointMasses",
+    "Residual",
+    "ScaleGreen",
+    "StraightLine",
+    "continuity_residual",
+    "divergence_residual",
+    "normalization",
+    "space_time_divergence",
+]
