@@ -17,7 +17,10 @@ optional int64 labels ``y``). Registered names:
   by holding out the end of the text;
 * ``image_folder``: PNG/JPEG files, labels from class sub-folders
   (``path``, ``size``, ``channels``);
-* ``array``: ``.npy`` / ``.npz`` files (``path``, ``key``, ``kind``).
+* ``array``: ``.npy`` / ``.npz`` files (``path``, ``key``, ``kind``);
+* ``reflow``: couplings (x0, x1) drawn from a trained rectified-flow run, x1
+  kept as the paired ``noise`` (``run``, ``pairs``, ``sampler``, ``steps``,
+  ``seed``; :mod:`udm.data.reflow`).
 """
 
 from .arrays import array
@@ -25,6 +28,7 @@ from .base import DATASETS, KINDS, Dataset, from_uint8, load_dataset, loader_opt
 from .images import IMAGE_SUFFIXES, digits, image_folder
 from .idx import binary_mnist, find_mnist, mnist, mnist_files, mnist_search_dirs, read_idx
 from .paths import DATA_ENV, data_search_dirs, default_data_dir
+from .reflow import reflow
 from .text import find_tinyshakespeare, text_file, tinyshakespeare, tinyshakespeare_candidates
 from .toys import TOYS, checkerboard, eight_gaussians, rings, swiss_roll, two_moons
 
@@ -52,6 +56,7 @@ __all__ = [
     "mnist_files",
     "mnist_search_dirs",
     "read_idx",
+    "reflow",
     "rings",
     "swiss_roll",
     "text_file",

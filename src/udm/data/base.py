@@ -55,6 +55,14 @@ class Dataset:
     ``ordered`` marks sequential data whose samples must not be shuffled
     across the train/test boundary, such as consecutive windows of one text:
     :meth:`split` then holds out the last samples instead of random ones.
+
+    ``noise`` (float kinds only) pairs each sample with a fixed noise draw of
+    the same shape: row i of ``noise`` is the eps that training corrupts
+    ``x[i]`` with, x_t = alpha_t x[i] + sigma_t noise[i], instead of a fresh
+    eps ~ q. This is the coupling (x0, x1) of the reflow step of rectified
+    flow (THEORY §8.1; Liu et al. 2022, "Flow Straight and Fast"): see
+    :mod:`udm.training.reflow`. :meth:`subset` and :meth:`split` keep each
+    row's noise with its sample.
     """
 
     x: Tensor
@@ -66,6 +74,7 @@ class Dataset:
     vocab: list[str] | None = None
     image_shape: tuple[int, ...] | None = None
     ordered: bool = False
+    noise: Tensor | None = None
 
     def __post_init__(self) -> None:
         x = self.x
@@ -79,6 +88,7 @@ class Dataset:
         else:
             self._check_floats()
         self._check_labels()
+        self._check_noise()
 
     def _check_floats(self) -> None:
         x = self.x
@@ -152,6 +162,26 @@ class Dataset:
                 )
             self.image_shape = shape
 
+    def _check_noise(self) -> None:
+        noise = self.noise
+        if noise is None:
+            return
+        if self.kind == "tokens":
+            raise ValueError(f"dataset {self.name!r}: paired noise only applies to float data (points, image), not tokens")
+        if not isinstance(noise, Tensor):
+            raise TypeError(f"dataset {self.name!r}: noise must be a torch.Tensor or None, got {type(noise).__name__}")
+        if not noise.is_floating_point():
+            raise ValueError(f"dataset {self.name!r}: noise must be a floating tensor, got {noise.dtype}")
+        if noise.shape != self.x.shape:
+            raise ValueError(
+                f"dataset {self.name!r}: noise must have the shape of x, {tuple(self.x.shape)} (one noise draw per "
+                f"sample), got {tuple(noise.shape)}"
+            )
+        if not bool(torch.isfinite(noise).all()):
+            first = int((~torch.isfinite(noise).reshape(noise.shape[0], -1).all(dim=1)).nonzero()[0, 0])
+            raise ValueError(f"dataset {self.name!r}: noise has non-finite value(s) (NaN or inf); the first is in sample {first}")
+        self.noise = noise.to(self.x.dtype)
+
     def _check_labels(self) -> None:
         y = self.y
         if y is None:
@@ -185,7 +215,8 @@ class Dataset:
     def __repr__(self) -> str:
         classes = "" if self.num_classes is None else f", num_classes={self.num_classes}"
         vocab = "" if self.vocab_size is None else f", vocab_size={self.vocab_size}"
-        return f"Dataset({self.name!r}, kind={self.kind!r}, n={len(self)}, shape={self.shape}{vocab}{classes})"
+        noise = "" if self.noise is None else ", paired noise"
+        return f"Dataset({self.name!r}, kind={self.kind!r}, n={len(self)}, shape={self.shape}{vocab}{classes}{noise})"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -193,14 +224,15 @@ class Dataset:
         return tuple(self.x.shape[1:])
 
     def subset(self, idx: IndexLike) -> Dataset:
-        """The samples at ``idx`` (integer indices, a boolean mask or a slice), labels and token fields kept."""
+        """The samples at ``idx`` (integer indices, a boolean mask or a slice), labels, paired noise and token fields kept."""
         if not isinstance(idx, slice):
             idx = torch.as_tensor(np.asarray(idx) if not isinstance(idx, Tensor) else idx)
             if idx.dtype == torch.bool:
                 idx = idx.nonzero().flatten()
             idx = idx.to(torch.int64).flatten()
         y = None if self.y is None else self.y[idx]
-        return dataclasses.replace(self, x=self.x[idx], y=y)
+        noise = None if self.noise is None else self.noise[idx]
+        return dataclasses.replace(self, x=self.x[idx], y=y, noise=noise)
 
     def split(self, test_fraction: float = 0.1, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Disjoint ``(train, test)`` parts; the same ``seed`` always gives the same split.

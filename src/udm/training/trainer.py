@@ -149,6 +149,9 @@ class Trainer:
         self.net = exp.net.to(self.device)
         self.process, self.loss = exp.process, exp.loss
         self.train_x = exp.train_data.x.to(self.device)
+        # paired noise (reflow couplings, udm.training.reflow): row i is the eps of sample i
+        noise = exp.train_data.noise
+        self.train_noise = None if noise is None else noise.to(self.device, self.train_x.dtype)
         self.conditional = getattr(self.net, "num_classes", None) is not None
         self.train_y = exp.train_data.y.to(self.device) if exp.train_data.y is not None else None
         model: nn.Module = self.net
@@ -212,6 +215,8 @@ class Trainer:
         idx = self.batch_indices(step).to(self.device)
         x_global = self.train_x[idx]
         t, w, eps = self.loss.draw(self.process, x_global, gen)
+        if self.train_noise is not None:
+            eps = self.train_noise[idx]  # fixed couplings (x0, x1): t and w are still drawn
         per_rank = self.tc["batch_size"] // self.info.world_size
         micro = per_rank // self.tc["grad_accum"]
         lo = self.info.rank * per_rank
