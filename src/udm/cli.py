@@ -139,13 +139,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from .data import DATASETS
     from .denoiser import PARAMETERIZATIONS
-    from .losses import TIME_SAMPLERS, WEIGHTINGS
+    from .losses import OBJECTIVES, TIME_SAMPLERS, WEIGHTINGS
     from .nets import NETWORKS
-    from .processes import PROCESSES
+    from .processes import NOISES, PROCESSES
     from .samplers import GRIDS, SAMPLERS
+    from .demo import PROCESS_DEMOS
 
     rows = [
         ("processes", PROCESSES.names()),
+        ("noise laws", NOISES.names()),
         ("parameterizations", PARAMETERIZATIONS.names()),
         ("samplers", SAMPLERS.names()),
         ("grids", GRIDS.names()),
@@ -153,7 +155,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         ("datasets", DATASETS.names()),
         ("time samplers", TIME_SAMPLERS.names()),
         ("loss weightings", list(WEIGHTINGS)),
+        ("loss objectives", list(OBJECTIVES)),
         ("configs", bundled_configs()),
+        ("demo processes", PROCESS_DEMOS.names()),
     ]
     for kind, names in rows:
         print(f"{kind + ':':<20}{', '.join(names)}")
@@ -201,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: train on embedded data, write samples, plots and metrics")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--quick", action="store_true", help="only the 2-D two-moons model (about a minute)")
-    p.add_argument("--process", default=None, help="a small CPU demo of one process instead: blur, fade, pool, mask, edit, encoder")
+    p.add_argument("--process", default=None, help="a small CPU demo of one process instead (see `udm list`: demo processes)")
     p.add_argument("--steps", type=int, default=None, help="override the training steps of every demo model")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)

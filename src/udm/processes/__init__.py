@@ -78,6 +78,26 @@ def pfgmpp(D: float = 128.0, sigma_min: float = 0.002, sigma_max: float = 80.0, 
 
 
 PROCESSES.register("pfgmpp", pfgmpp)
+
+GREEN_KERNELS = {"gravity": {"name": "student_t", "D": 1.0}, "gaussian": None, "exp": {"name": "radial", "cdf": "exp"},
+                 "tanh": {"name": "radial", "cdf": "tanh"}}
+
+
+def green(kernel: str = "exp", t_min: float = 0.002, t_max: float = 80.0) -> LinearProcess:
+    """A Green's-function ODE with an isotropic scale kernel psi_t(r) = Psi(r / t) (THEORY §7.1, §7.2 GF1).
+
+    x_t = x0 + t eps with |eps| ~ Psi and a uniform direction, so f_t(x | x0) = (x - x0) / t
+    and the marginal velocity is (x - E[x0 | x_t]) / t: the network estimates x0 as for
+    any linear process. ``kernel``: ``gravity`` (space-time isotropic, PFGM's Cauchy
+    kernel), ``gaussian`` (Part 12's heat kernel with sigma_t = t), ``exp`` (|eps| ~ Exp(1))
+    or ``tanh`` (sech^2 radii). Other radial CDFs: ``get_process("edm", noise={"name": "radial", "cdf": fn})``.
+    """
+    if kernel not in GREEN_KERNELS:
+        raise ValueError(f"unknown Green's-function kernel {kernel!r}; valid: {', '.join(GREEN_KERNELS)}")
+    return linear_process(EDMSchedule(t_min, t_max), GREEN_KERNELS[kernel], name=f"green_{kernel}")
+
+
+PROCESSES.register("green", green)
 PROCESSES.register("pfgm", PFGMProcess)
 
 
