@@ -48,3 +48,15 @@ def test_blur_improved_sampler_covers_the_classes_naive_collapses(tmp_path):
     assert naive["class_tv"] >= improved["class_tv"] + 0.15
     with Image.open(tmp_path / "blur" / "naive_vs_improved.png") as im:
         assert len(np.unique(np.asarray(im.convert("L")))) > 10
+
+
+@pytest.mark.parametrize("name", ["heat", "green", "pfgm", "pfgmpp"])
+def test_ode_process_demos_reach_three_times_the_floor(tmp_path, name):
+    """`udm demo --process NAME` for the ODE constructions (THEORY §5-§7), at a quarter of the bundled steps: samples within 3x
+    the sliced-Wasserstein floor of eight Gaussians, and the plots written."""
+    metrics = run_demo(tmp_path, steps=800, progress=False, process=name)
+    print(f"{name}: SW {metrics['sliced_wasserstein']:.4f}, floor {metrics['sliced_wasserstein_floor']:.4f}")
+    assert metrics["sliced_wasserstein"] <= 3.0 * metrics["sliced_wasserstein_floor"]
+    for png in ("samples.png", "trajectories.png", "loss.png"):
+        with Image.open(tmp_path / name / png) as im:
+            assert len(np.unique(np.asarray(im.convert("L")))) > 10, f"{png} looks blank"
