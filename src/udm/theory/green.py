@@ -218,6 +218,19 @@ class GreenFunction(ABC):
         if method not in _METHODS:
             raise ValueError(f"unknown sampling method {method!r}; valid: {', '.join(_METHODS)}")
 
+    def training_pair(self, t: TimeLike, x0: Tensor, generator: rng.GeneratorLike = None) -> tuple[Tensor, Tensor]:
+        """GF1 (§7.2): x_t ~ p_t(. | x0) and the regression target f_t(x_t | x0).
+
+        E[f_t(x_t | x0) | x_t] is the marginal field f_t(x_t), so least squares on
+        these pairs is unbiased for it (unlike PFGM's normalized batch field, §6.1).
+        """
+        x_t = self.sample(t, x0, generator)
+        return x_t, self.velocity(t, x_t, x0)
+
+    def prior(self, T: float, n: int, generator: rng.GeneratorLike = None) -> Tensor:
+        """n draws of the prior p_T(x | 0) (GF2 step 1): the kernel around the origin at time T, for data near 0."""
+        return self.sample(T, torch.zeros(n, self.d, dtype=torch.float64), generator)
+
     def sample_radius(self, t: TimeLike, n: int, generator: rng.GeneratorLike = None, *, method: str = "auto") -> Tensor:
         """n radii R = |x_t - x0| ~ psi_t, shape (n,).
 
