@@ -21,6 +21,7 @@ from udm.metrics import sliced_wasserstein
 from udm.theory.gmm import GaussianMixture
 from udm.training import Trainer, build_experiment, load_trained
 from udm.training.reflow import reflow_dataset, reflow_pairs, straightness
+from udm.training.checkpoint import CheckpointError
 from udm.training.trainer import step_seed
 
 
@@ -209,9 +210,9 @@ def test_reflow_straightens_the_flow_and_improves_one_step_samples(tmp_path: Pat
     first = Trainer(rf_config({"name": "eight_gaussians", "n": 4000}, steps=steps), tmp_path / "rf1", progress=False)
     first.train()
     data = {"name": "reflow", "run": str(tmp_path / "rf1"), "pairs": 2000, "sampler": "rk45", "seed": 1, "test_fraction": 0.05}
-    second = Trainer(rf_config(data, name="rf2", steps=steps), tmp_path / "rf2", progress=False)
-    second.net.load_state_dict(first.net.state_dict())
-    second.ema.module.load_state_dict(first.ema.module.state_dict())
+    second = Trainer(rf_config(data, name="rf2", steps=steps, init_from=str(tmp_path / "rf1")), tmp_path / "rf2", progress=False)
+    for own, source in zip(second.net.state_dict().values(), first.ema.module.state_dict().values()):
+        torch.testing.assert_close(own, source, rtol=0, atol=0)  # train.init_from: the 1-rectified EMA weights
     second.train()
 
     ref = load_dataset("eight_gaussians", n=2000, seed=7).x
@@ -226,3 +227,12 @@ def test_reflow_straightens_the_flow_and_improves_one_step_samples(tmp_path: Pat
     (s1, sw1), (s2, sw2) = result["1-RF"], result["2-RF"]
     assert s1 > 0.3 and s2 < 0.1 * s1, "reflow must straighten the paths"
     assert sw2 < 0.5 * sw1 and sw2 < 0.25, "1-step Euler samples of the reflowed model must be much closer to the data"
+
+
+def test_init_from_needs_a_run_of_the_same_architecture(tiny_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="init_from"):
+        Trainer(rf_config({"name": "eight_gaussians", "n": 500}, init_from=str(tmp_path / "nothing")), tmp_path / "a", progress=False)
+    wider = rf_config({"name": "eight_gaussians", "n": 500}, init_from=str(tiny_run))
+    wider["network"]["hidden"] = 32
+    with pytest.raises(CheckpointError, match="do not fit this model"):
+        Trainer(wider, tmp_path / "b", progress=False)

@@ -49,6 +49,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "ckpt_every": 1000,
     "keep_checkpoints": 3,
     "sample_every": 0,
+    "init_from": None,
 }
 
 SAMPLE_DEFAULTS: dict[str, Any] = {"sampler": "dpmpp_2m", "steps": 50, "grid": None, "n": 64, "eval_n": 2000, "options": {}}
@@ -136,6 +137,8 @@ def _check_train(train: dict[str, Any]) -> None:
         v = train[key]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"config key 'train.{key}' must be a number >= 0, got {v!r}")
+    if train["init_from"] is not None and not isinstance(train["init_from"], str):
+        raise ConfigError(f"config key 'train.init_from' must be the path of a run or checkpoint, or null; got {train['init_from']!r}")
     clip = train["grad_clip"]
     if clip is not None and (not isinstance(clip, (int, float)) or clip <= 0):
         raise ConfigError(f"config key 'train.grad_clip' must be a number > 0 or null (no clipping), got {clip!r}")

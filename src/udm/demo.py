@@ -206,7 +206,7 @@ def ode_demo(config: str, out: Path, steps: int | None, progress: bool, seed: in
 
 
 def reflow_demo(out: Path, steps: int | None, progress: bool, seed: int = 12345, n: int = 2000) -> dict[str, Any]:
-    """Rectified flow (``demo_cfm``), then one reflow (``demo_reflow`` on its couplings); straightness and few-step quality.
+    """Rectified flow (``demo_cfm``), then one reflow (``demo_reflow``: its couplings, from its weights); straightness and few-step quality.
 
     Both models are scored on the same prior draws: Liu et al.'s straightness
     and sliced Wasserstein to held-out eight-Gaussians data of Euler with 1, 2
@@ -217,7 +217,10 @@ def reflow_demo(out: Path, steps: int | None, progress: bool, seed: int = 12345,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     first, _, _ = train_and_sample("demo_cfm", out, steps, progress, n=n, seed=seed)
-    second, _, _ = train_and_sample("demo_reflow", out, steps, progress, n=n, seed=seed, overrides={"data.run": str(out / "runs" / "demo_cfm")})
+    first_run = str(out / "runs" / "demo_cfm")
+    second, _, _ = train_and_sample(
+        "demo_reflow", out, steps, progress, n=n, seed=seed, overrides={"data.run": first_run, "train.init_from": first_run}
+    )
     test = first.exp.test_data
     x1 = first.process.prior((n, *first.train_x.shape[1:]), rng.generators_from_seeds(range(seed, seed + n)))
     metrics: dict[str, Any] = {"train_steps": first.step}

@@ -174,6 +174,8 @@ class Trainer:
         self.recent_loss: float | None = None
         if resume:
             self._resume()
+        elif self.tc["init_from"]:
+            self._init_from(self.tc["init_from"])
         if self.info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             write_atomic(self.out / "config.yaml", dump(self.config).encode())
@@ -348,6 +350,20 @@ class Trainer:
             path = save_checkpoint(self.ckpt_dir, self.step, groups, meta, keep=self.tc["keep_checkpoints"])
         distributed.barrier(self.info)
         return path
+
+    def _init_from(self, path: str) -> None:
+        """Start from another run's weights (its EMA copy if it has one), e.g. reflow's 2-rectified flow from the 1-rectified.
+
+        Only the weights move: the optimizer, the step and the randomness start fresh, as for a new run.
+        """
+        try:
+            ckpt = load_checkpoint(path)
+        except (CheckpointError, OSError, ValueError) as e:
+            raise ConfigError(f"train.init_from: cannot load {path}: {e}") from e
+        group = "ema" if "ema" in ckpt.tensors else "model"
+        load_module_state(self.net, ckpt.tensors[group], f"train.init_from ({group})")
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.net.state_dict())
 
     def _resume(self) -> None:
         try:
