@@ -17,7 +17,7 @@ that estimate (the Sampler). The public API:
 
 __version__ = "0.1.0"
 
-from . import data, kernels, losses, metrics, nets, processes, rng, theory, training
+from . import data, guidance, kernels, losses, metrics, nets, processes, rng, theory, training
 from .denoiser import PARAMETERIZATIONS, Denoiser, Parameterization, convert, from_x0, to_x0
 from .processes import NOISES, PROCESSES, GaussianProcess, LinearProcess, NotInvertible, Process, get_noise, get_process
 from .samplers import GRIDS, SAMPLERS, get_grid, sample
@@ -41,6 +41,7 @@ __all__ = [
     "get_noise",
     "get_process",
     "data",
+    "guidance",
     "kernels",
     "losses",
     "metrics",

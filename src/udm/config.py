@@ -50,6 +50,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "keep_checkpoints": 3,
     "sample_every": 0,
     "init_from": None,
+    "cond_dropout": 0.1,
 }
 
 SAMPLE_DEFAULTS: dict[str, Any] = {"sampler": "dpmpp_2m", "steps": 50, "grid": None, "n": 64, "eval_n": 2000, "options": {}}
@@ -137,6 +138,9 @@ def _check_train(train: dict[str, Any]) -> None:
         v = train[key]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"config key 'train.{key}' must be a number >= 0, got {v!r}")
+    drop = train["cond_dropout"]
+    if not isinstance(drop, (int, float)) or isinstance(drop, bool) or not 0 <= drop < 1:
+        raise ConfigError(f"config key 'train.cond_dropout' must be a probability in [0, 1), got {drop!r}")
     if train["init_from"] is not None and not isinstance(train["init_from"], str):
         raise ConfigError(f"config key 'train.init_from' must be the path of a run or checkpoint, or null; got {train['init_from']!r}")
     clip = train["grad_clip"]

@@ -219,6 +219,10 @@ class Trainer:
         t, w, eps = self.loss.draw(self.process, x_global, gen)
         if self.train_noise is not None:
             eps = self.train_noise[idx]  # fixed couplings (x0, x1): t and w are still drawn
+        y_global = self.train_y[idx] if self.conditional else None
+        if y_global is not None and self.tc["cond_dropout"] > 0:  # the null label of classifier-free guidance (THEORY §2.2, G4)
+            drop = torch.rand(y_global.shape[0], generator=gen, device=gen.device) < self.tc["cond_dropout"]
+            y_global = torch.where(drop.to(y_global.device), torch.full_like(y_global, self.net.null_class), y_global)
         per_rank = self.tc["batch_size"] // self.info.world_size
         micro = per_rank // self.tc["grad_accum"]
         lo = self.info.rank * per_rank
@@ -227,7 +231,7 @@ class Trainer:
         objectives = []
         for m in range(self.tc["grad_accum"]):
             sl = slice(lo + m * micro, lo + (m + 1) * micro)
-            cond = self.train_y[idx[sl]] if self.conditional else None
+            cond = y_global[sl] if y_global is not None else None
             sync = self.info.enabled and m < self.tc["grad_accum"] - 1
             with self.ddp.no_sync() if sync else contextlib.nullcontext():
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -1,0 +1,170 @@
+"""Guidance (THEORY §2): a Denoiser that wraps a Denoiser, so every sampler and every process gets it unchanged.
+
+Each guide returns the guided x0_hat, the quantity all samplers consume:
+
+* :class:`ClassifierFreeGuidance` (G4): x0 = x0_u + (1 + w)(x0_c - x0_u) from one
+  doubled batch (condition and null label). For a linear process eps,
+  velocity, v and score are affine in x0 with the same coefficients for both
+  terms, so combining in any of those forms gives the same x0: this is the
+  eps form (1 + w) eps_c - w eps_u of §2.1, and it holds for any noise law.
+  With ``interval=(lo, hi)`` guidance is applied only where sigma~ = sigma/alpha
+  lies in [lo, hi] (the conditional prediction elsewhere).
+* :class:`GradientGuidance` (G2, G3): x0 += gamma (sigma^2 / alpha) grad_x log f(x_t, t, y),
+  the x0 form of the score shift s += gamma grad log f (§2.1 "equivalent forms";
+  eps -= gamma sigma grad log f). :class:`ClassifierGuidance` takes log f from a
+  noise-aware classifier's log-softmax, or from a clean-data classifier applied to
+  x0_hat(x_t) (``clean=True``); :class:`EnergyGuidance` takes any differentiable
+  ``energy(x_t, t, y)`` (cosine similarity of encoders, Gram distances, ...).
+
+The gradient shift is exact Bayes for Gaussian noise (score = -eps/sigma); for
+other noise laws it is the same first-order rule applied to the x0 estimate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .denoiser import Denoiser
+from .processes.base import time_tensor
+from .processes.gaussian import require_linear
+from .registry import Registry
+
+Tensor = torch.Tensor
+
+
+def _labels(cond: object, x: Tensor, num_classes: int | None, what: str) -> Tensor:
+    """``cond`` as (B,) int64 labels in [0, num_classes), with a clear error otherwise."""
+    if cond is None:
+        raise ValueError(f"{what} needs a condition: pass cond= (class labels) to udm.sample")
+    y = torch.as_tensor(cond, device=x.device)
+    if y.ndim == 0:
+        y = y.expand(x.shape[0])
+    if y.shape != (x.shape[0],) or y.is_floating_point():
+        raise ValueError(f"{what}: cond must be one integer label or one per sample ({x.shape[0]}), got shape {tuple(y.shape)}")
+    if num_classes is not None and bool(((y < 0) | (y >= num_classes)).any()):
+        bad = int(y[(y < 0) | (y >= num_classes)][0])
+        raise ValueError(f"{what}: class {bad} is outside the label set 0..{num_classes - 1}")
+    return y.long()
+
+
+class ClassifierFreeGuidance(nn.Module):
+    """x0_u + (1 + w)(x0_c - x0_u) with x0_u the null-label prediction (THEORY §2.2, G4).
+
+    The wrapped denoiser's network must have been trained with condition dropout
+    (a null label ``net.null_class``). ``w = 0`` is the conditional model,
+    ``w = -1`` the unconditional one.
+    """
+
+    def __init__(self, denoiser: Denoiser, w: float, interval: tuple[float, float] | None = None) -> None:
+        super().__init__()
+        null = getattr(getattr(denoiser, "net", None), "null_class", None)
+        if null is None:
+            raise ValueError(
+                "classifier-free guidance needs a model trained with a null label (a class-conditional network "
+                "with condition dropout); this denoiser's network has no null_class"
+            )
+        if interval is not None and not (len(interval) == 2 and 0 <= interval[0] < interval[1]):
+            raise ValueError(f"guidance interval must be (lo, hi) with 0 <= lo < hi in sigma/alpha units, got {interval!r}")
+        self.denoiser, self.w, self.null, self.interval = denoiser, float(w), int(null), interval
+        self.process = denoiser.process
+
+    def forward(self, x: Tensor, t: float | Tensor, cond: object = None) -> Tensor:
+        y = _labels(cond, x, self.null, "classifier-free guidance")
+        t_raw = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        t2 = t_raw if t_raw.ndim == 0 else torch.cat([t_raw, t_raw])
+        both = self.denoiser(torch.cat([x, x]), t2, torch.cat([y, torch.full_like(y, self.null)]))
+        x0_c, x0_u = both.chunk(2)
+        guided = x0_u + (1.0 + self.w) * (x0_c - x0_u)
+        if self.interval is None:
+            return guided
+        st = require_linear(self.process, "a guidance interval").sigma_tilde(time_tensor(t, x)).to(x.device)
+        return torch.where((st >= self.interval[0]) & (st <= self.interval[1]), guided, x0_c)
+
+
+class GradientGuidance(nn.Module):
+    """x0_hat + gamma (sigma_t^2 / alpha_t) grad_x log f(x_t, t, y) (THEORY §2.1 "equivalent forms", G2-G3).
+
+    ``log_f(x, t, cond)`` returns one value per sample; the wrapped denoiser is
+    called without the condition (an unconditional model).
+    """
+
+    def __init__(self, denoiser: Denoiser, log_f: Callable[[Tensor, Tensor, object], Tensor], gamma: float = 1.0) -> None:
+        super().__init__()
+        self.denoiser, self.log_f, self.gamma = denoiser, log_f, float(gamma)
+        self.process = require_linear(denoiser.process, "gradient guidance")
+
+    def gradient(self, x: Tensor, t: float | Tensor, cond: object) -> Tensor:
+        """grad_x log f(x_t, t, y), by autograd."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            value = self.log_f(xg, t, cond)
+            if value.shape != (x.shape[0],):
+                raise ValueError(f"the guidance function must return one value per sample ({x.shape[0]},), got {tuple(value.shape)}")
+            (g,) = torch.autograd.grad(value.sum(), xg)
+        return g
+
+    def forward(self, x: Tensor, t: float | Tensor, cond: object = None) -> Tensor:
+        tt = time_tensor(t, x)
+        a, s = self.process.alpha(tt).to(x.device), self.process.sigma(tt).to(x.device)
+        with torch.no_grad():
+            x0 = self.denoiser(x, t)
+        return x0 + (self.gamma * s**2 / a).to(x.dtype) * self.gradient(x, t, cond)
+
+
+class ClassifierGuidance(GradientGuidance):
+    """Classifier guidance (THEORY §2.2, G1-G2): log f = log p(y | x_t, t) from ``classifier(x_t, t) -> logits``.
+
+    With ``clean=True`` the classifier was trained on clean data and is applied
+    to the denoiser's x0_hat(x_t) (§2.1, "clean-data classifier substitute"); the
+    gradient then flows through the denoiser.
+    """
+
+    def __init__(self, denoiser: Denoiser, classifier: Callable[..., Tensor], gamma: float = 1.0, clean: bool = False) -> None:
+        self.classifier, self.clean = classifier, bool(clean)
+        super().__init__(denoiser, self._log_prob, gamma)
+
+    def _log_prob(self, x: Tensor, t: float | Tensor, cond: object) -> Tensor:
+        logits = self.classifier(self.denoiser(x, t)) if self.clean else self.classifier(x, t)
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"the classifier must return logits of shape ({x.shape[0]}, classes), got {tuple(logits.shape)}")
+        y = _labels(cond, x, logits.shape[1], "classifier guidance")
+        return torch.log_softmax(logits.to(torch.float64), -1).gather(1, y[:, None])[:, 0]
+
+
+class EnergyGuidance(GradientGuidance):
+    """Similarity / energy guidance (THEORY §2.2, G3): log f = energy(x_t, t, y) for any differentiable energy."""
+
+    def __init__(self, denoiser: Denoiser, energy: Callable[[Tensor, Tensor, object], Tensor], gamma: float = 1.0) -> None:
+        super().__init__(denoiser, energy, gamma)
+
+
+def cosine_energy(encoder_x: Callable[[Tensor, Tensor], Tensor], target: Tensor) -> Callable[[Tensor, Tensor, object], Tensor]:
+    """sim = cos(E_1(x_t, t), E_2(y)) with the target embedding E_2(y) given (THEORY §2.1, similarity guidance)."""
+
+    def energy(x: Tensor, t: Tensor, cond: object) -> Tensor:
+        return torch.nn.functional.cosine_similarity(encoder_x(x, t).flatten(1), target.flatten(1).to(x.dtype), dim=1)
+
+    return energy
+
+
+def gram_energy(features: Callable[[Tensor], Tensor], style: Tensor) -> Callable[[Tensor, Tensor, object], Tensor]:
+    """-|G(F(x)) - G(F(style))|^2 with G the Gram matrix of (B, C, ...) features: a style distance (THEORY §2.1)."""
+
+    def gram(f: Tensor) -> Tensor:
+        f = f.flatten(2)
+        return f @ f.transpose(1, 2) / f.shape[-1]
+
+    target = gram(features(style)).detach()
+
+    def energy(x: Tensor, t: Tensor, cond: object) -> Tensor:
+        return -(gram(features(x)) - target).pow(2).flatten(1).sum(1)
+
+    return energy
+
+
+GUIDES: Registry[Callable[..., nn.Module]] = Registry("guidance")
+for _name, _cls in (("cfg", ClassifierFreeGuidance), ("classifier", ClassifierGuidance), ("energy", EnergyGuidance)):
+    GUIDES.register(_name, _cls)
