@@ -162,3 +162,22 @@ def test_mnist_configs_build_on_the_idx_files():
         exp = build_experiment(config)
         assert tuple(exp.train_data.shape) == (1, 28, 28)
         assert exp.config["network"]["in_channels"] == 1 and exp.config["network"]["image_size"] == 28
+
+
+def test_sample_a_class_with_classifier_free_guidance(tmp_path, capsys):
+    """`udm sample RUN --class K --cfg W` on a class-conditional model trained with label dropout; clear errors otherwise."""
+    config = {**TINY, "network": {**TINY["network"], "num_classes": 2}}
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", str(write_config(tmp_path / "cond.yaml", config)), "--out", str(run), "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "sample", str(run), "--class", "1", "--cfg", "2.0", "--steps", "4", "--n", "8", "--out", str(tmp_path / "s"))
+    assert code == 0, err
+    assert load_file(str(tmp_path / "s" / "samples.safetensors"))["samples"].shape == (8, 2)
+    code, _, err = run_cli(capsys, "sample", str(run), "--class", "5", "--n", "4")
+    assert_one_line_error(code, err, "--class 5 is outside the model's label set 0..1")
+    code, _, err = run_cli(capsys, "sample", str(run), "--cfg", "1.0", "--n", "4")
+    assert_one_line_error(code, err, "--cfg needs --class")
+    plain = tmp_path / "plain"
+    run_cli(capsys, "train", str(write_config(tmp_path / "plain.yaml", TINY)), "--out", str(plain), "--quiet")
+    code, _, err = run_cli(capsys, "sample", str(plain), "--class", "0", "--n", "4")
+    assert_one_line_error(code, err, "class-conditional model")

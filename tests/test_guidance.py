@@ -220,3 +220,25 @@ def test_training_drops_labels_to_the_null_class(tmp_path, p: float) -> None:
     dropped = float((labels == 8).double().mean())
     assert abs(dropped - p) < 4 * (p * (1 - p) / labels.numel()) ** 0.5 + 1e-12, dropped
     assert int(labels.max()) <= 8 and (p > 0 or int(labels.max()) < 8)
+
+
+def test_cfg_on_a_token_model_combines_log_probabilities() -> None:
+    """Mask-model CFG: log p_u + (1 + w)(log p_c - log p_u), i.e. p ∝ p_c^(1+w) / p_u^w at every position."""
+    from udm.denoiser import TokenDenoiser
+
+    process = udm.get_process("mask", vocab_size=4, seq_len=3, schedule="linear")
+    table = torch.randn(3, 3, 5, generator=torch.Generator().manual_seed(12))  # logits per (label or null, position, id)
+
+    class Net(nn.Module):
+        null_class = 2
+
+        def forward(self, x, t, cond=None):
+            return table[cond]
+
+    den = TokenDenoiser(Net(), process)
+    x = torch.full((2, 3), 4)
+    y = torch.tensor([0, 1])
+    out = ClassifierFreeGuidance(den, 1.5)(x, 0.5, y)
+    logp = torch.log_softmax(table, -1)
+    expected = 2.5 * logp[y] - 1.5 * logp[2]
+    torch.testing.assert_close(torch.softmax(out, -1), torch.softmax(expected, -1), rtol=1e-5, atol=1e-6)

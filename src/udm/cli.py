@@ -99,6 +99,25 @@ def _run_dir(ckpt_path: Path) -> Path:
     return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
 
 
+def _conditioned(denoiser, args: argparse.Namespace):
+    """The denoiser and labels for ``--class K`` (and ``--cfg W``: classifier-free guidance, THEORY §2.2 G4)."""
+    import torch
+
+    from .guidance import ClassifierFreeGuidance
+
+    if args.label is None:
+        if args.cfg is not None:
+            raise ConfigError("--cfg needs --class: classifier-free guidance steers toward a class")
+        return denoiser, None
+    classes = getattr(getattr(denoiser, "net", None), "num_classes", None)
+    if classes is None:
+        raise ConfigError("--class needs a class-conditional model (network.num_classes); this checkpoint's network has none")
+    if not 0 <= args.label < classes:
+        raise ConfigError(f"--class {args.label} is outside the model's label set 0..{classes - 1}")
+    cond = torch.full((args.n,), args.label, dtype=torch.long)
+    return (denoiser if args.cfg is None else ClassifierFreeGuidance(denoiser, args.cfg)), cond
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .evaluate import draw_samples
     from .samplers import SAMPLERS
@@ -108,7 +127,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n and --steps must be >= 1, got n={args.n}, steps={args.steps}")
     denoiser, ckpt = _load(args)
     shape = tuple(ckpt.meta["data"]["shape"])
-    x, nfe = draw_samples(denoiser, shape, args.n, args.sampler, args.steps, seed=args.seed, grid=args.grid, device=args.device)
+    denoiser, cond = _conditioned(denoiser, args)
+    x, nfe = draw_samples(denoiser, shape, args.n, args.sampler, args.steps, seed=args.seed, grid=args.grid, cond=cond, device=args.device)
     out = Path(args.out or _run_dir(ckpt.path) / f"samples_step{ckpt.step}_{args.sampler}_{args.steps}")
     meta = {"checkpoint": str(ckpt.path), "sampler": args.sampler, "steps": str(args.steps), "nfe": str(nfe), "seed": str(args.seed)}
     for path in _write_samples(x, out, meta=meta):
@@ -197,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
         if name == "sample":
             p.add_argument("--grid", default=None, help="time grid (see `udm list`)")
+            p.add_argument("--class", dest="label", type=int, default=None, help="class label to sample (a class-conditional model)")
+            p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance weight w: (1+w) cond - w uncond")
         p.set_defaults(func=func)
 
     p = sub.add_parser("list", help="list processes, parameterizations, samplers, grids, networks, datasets, configs")

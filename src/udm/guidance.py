@@ -3,7 +3,9 @@
 Each guide returns the guided x0_hat, the quantity all samplers consume:
 
 * :class:`ClassifierFreeGuidance` (G4): x0 = x0_u + (1 + w)(x0_c - x0_u) from one
-  doubled batch (condition and null label). For a linear process eps,
+  doubled batch (condition and null label); for token models (the ``logits``
+  prediction, e.g. the mask process) the same combination of log-probabilities,
+  log p_u + (1 + w)(log p_c - log p_u), i.e. p ∝ p_c^(1+w) / p_u^w. For a linear process eps,
   velocity, v and score are affine in x0 with the same coefficients for both
   terms, so combining in any of those forms gives the same x0: this is the
   eps form (1 + w) eps_c - w eps_u of §2.1, and it holds for any noise law.
@@ -77,6 +79,8 @@ class ClassifierFreeGuidance(nn.Module):
         t2 = t_raw if t_raw.ndim == 0 else torch.cat([t_raw, t_raw])
         both = self.denoiser(torch.cat([x, x]), t2, torch.cat([y, torch.full_like(y, self.null)]))
         x0_c, x0_u = both.chunk(2)
+        if getattr(self.denoiser, "prediction", None) == "logits":  # token models: guide the log-probabilities
+            x0_c, x0_u = torch.log_softmax(x0_c.float(), -1), torch.log_softmax(x0_u.float(), -1)
         guided = x0_u + (1.0 + self.w) * (x0_c - x0_u)
         if self.interval is None:
             return guided
