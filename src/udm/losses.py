@@ -401,6 +401,14 @@ class DenoisingLoss(Objective):
         self.gamma = float(gamma)
         self.norm = norm
 
+    def rows(self, n: int) -> int:
+        """How many rows of a batch of ``n`` are training points (all of them here)."""
+        return n
+
+    def regression_x0(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The clean value the network's target is built from at the training points ``x_t``: their own x0 here."""
+        return x0[: x_t.shape[0]]
+
     def factor(self, denoiser: Denoiser, t: Tensor) -> Tensor | None:
         """lambda(t) / b_pred(t)^2 (None when the weighting is the network's own target: factor 1)."""
         if self.weighting in ("target", denoiser.prediction):
@@ -422,9 +430,11 @@ class DenoisingLoss(Objective):
         """The loss on a batch ``x0``; (t, w, eps) are drawn unless given (distributed training slices them)."""
         process = denoiser.process
         t, w, eps = self.times_and_noise(process, x0, generator, t, w, eps)
-        x_t = process.corrupt(x0, t, eps)
-        pred = denoiser.raw(x_t, t, cond)
-        target = from_x0(x0, x_t, t, process, denoiser.parameterization)
+        n = self.rows(x0.shape[0])
+        t, w, eps = t[:n], w[:n], eps[:n]
+        x_t = process.corrupt(x0[:n], t, eps)
+        pred = denoiser.raw(x_t, t, None if cond is None else cond[:n])
+        target = from_x0(self.regression_x0(x0, x_t, t), x_t, t, process, denoiser.parameterization)
         dtype = torch.promote_types(pred.dtype, torch.float32)  # at least float32; float64 stays float64
         diff = pred.to(dtype) - target.to(dtype)
         err = (diff.abs() if self.norm == "l1" else diff.pow(2)).flatten(1).mean(1)
@@ -513,7 +523,7 @@ def empirical_posterior_mean(x: Tensor, z: Tensor, reference: Tensor) -> Tensor:
     return (w @ yf).reshape(x.shape).to(x.dtype)
 
 
-class PoissonFieldLoss(Objective):
+class PoissonFieldLoss(DenoisingLoss):
     """PFGM's objective (THEORY §6.2, P1 + P2): regress the normalized empirical field of the batch.
 
     (z, eps) come from the process's P1 perturbation (``process.perturb``) for
@@ -529,7 +539,7 @@ class PoissonFieldLoss(Objective):
     def __init__(self, points: int | None = None) -> None:
         if points is not None and points < 1:
             raise ValueError(f"poisson_field loss: points must be >= 1, got {points}")
-        super().__init__(None)
+        super().__init__("target")
         self.points = points
 
     def draw(self, process: Process, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -540,29 +550,13 @@ class PoissonFieldLoss(Objective):
         z, eps = perturb(x0, generator)
         return z, torch.ones_like(z), eps
 
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        x0: Tensor,
-        cond: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        *,
-        t: Tensor | None = None,
-        w: Tensor | None = None,
-        eps: Tensor | None = None,
-    ) -> LossOutput:
-        """The loss on the first ``points`` rows of ``x0``, with the whole batch as the field's sources."""
-        process = denoiser.process
-        t, w, eps = self.times_and_noise(process, x0, generator, t, w, eps)
-        n = min(self.points or x0.shape[0], x0.shape[0])
-        t, w, eps = t[:n], w[:n], eps[:n]
-        x_t = process.corrupt(x0[:n], t, eps)
-        target = from_x0(empirical_posterior_mean(x_t, t, x0), x_t, t, process, denoiser.parameterization)
-        pred = denoiser.raw(x_t, t, None if cond is None else cond[:n])
-        dtype = torch.promote_types(pred.dtype, torch.float32)
-        err = (pred.to(dtype) - target.to(dtype)).pow(2).flatten(1).mean(1)
-        per_sample = err * w.to(err.dtype)
-        return LossOutput(per_sample.mean(), per_sample, t, w, err.detach())
+    def rows(self, n: int) -> int:
+        """The small batch: the first ``points`` rows."""
+        return min(self.points or n, n)
+
+    def regression_x0(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        """The posterior mean of the whole batch's field at x_t (P2)."""
+        return empirical_posterior_mean(x_t, t, x0)
 
     def config(self) -> dict:
         return {"objective": "poisson_field", "points": self.points}
