@@ -42,6 +42,8 @@ class Parameterization:
     """What the network predicts, as target = a(t) x_t + b(t) x0 (see the module table)."""
 
     name = "x0"
+    #: The scale that maps this parameterization's time input to about [0, 1000] (None: the raw t, scaled by 1000 / t_max).
+    time_scale: float | None = None
 
     def coefficients(self, process: Process, t: Tensor) -> tuple[Tensor, Tensor]:
         """(a, b) in float64 at times ``t`` (already shaped to broadcast)."""
@@ -112,6 +114,7 @@ class EDMParameterization(Parameterization):
     """EDM preconditioning with data standard deviation ``sigma_data`` (Karras et al. 2022, eq. 7)."""
 
     name = "edm"
+    time_scale = 250.0  # c_noise = log(sigma~)/4 spans about [-1.6, 1.1]
 
     def __init__(self, sigma_data: float = 0.5) -> None:
         self.sigma_data = float(sigma_data)
@@ -155,6 +158,7 @@ class PFGMParameterization(Parameterization):
     """
 
     name = "pfgm"
+    time_scale = 250.0  # log(z)/4, as EDM's c_noise
 
     def __init__(self, gamma: float = 0.0, sigma_data: float = 0.5) -> None:
         if gamma < 0:

@@ -84,8 +84,6 @@ class PFGMProcess(LinearProcess):
     (None: no clipping). ``prior`` is ``"plane"`` or ``"hemisphere"``.
     """
 
-    default_grid_name = "logsnr"
-
     def __init__(
         self,
         z_min: float = 1e-3,
@@ -108,7 +106,7 @@ class PFGMProcess(LinearProcess):
         if upper_norm is not None and upper_norm <= 1.0:
             raise ValueError(f"PFGM: upper_norm must exceed 1 (radii are clipped to [1, upper_norm]), got {upper_norm}")
         super().__init__(EDMSchedule(z_min, z_max), "pfgm", StudentTNoise(1.0))
-        self.default_grid_name = "logsnr"
+        self.default_grid_name = "logsnr"  # uniform in log z (P4)
         self.M, self.tau, self.sigma_p1, self.restrict_M = M, float(tau), float(sigma), bool(restrict_M)
         self.prior_kind, self.upper_norm = prior, upper_norm
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import ConfigError, options
 from ..data import Dataset, load_dataset
-from ..denoiser import make_denoiser
+from ..denoiser import PARAMETERIZATIONS, make_denoiser
 from ..losses import Objective, make_loss
 from ..nets import NETWORKS
 from ..processes import PROCESSES, Process, get_process
@@ -46,11 +46,11 @@ def build_data(config: dict[str, Any]) -> tuple[Dataset, Dataset]:
 def default_time_scale(process: Process, prediction: str) -> float:
     """Map the network's time input to about [0, 1000], the range sinusoidal embeddings are tuned for.
 
-    The raw time t spans [0, t_max]; EDM's preconditioned input c_noise = log(sigma~)/4
-    spans about [-1.6, 1.1], so it is scaled by 250 (the span of EDM's own VP/VE variants).
-    PFGM's log(z)/4 has the same form.
+    The raw time t spans [0, t_max]; a parameterization that preconditions its
+    time input (EDM's c_noise = log(sigma~)/4, PFGM's log(z)/4) says its own scale.
     """
-    return 250.0 if prediction in ("edm", "pfgm") else 1000.0 / process.t_max
+    scale = PARAMETERIZATIONS.get(prediction).time_scale
+    return scale if scale is not None else 1000.0 / process.t_max
 
 
 def _fill(section: dict[str, Any], factory: Any, auto: dict[str, Any]) -> dict[str, Any]:
