@@ -29,13 +29,11 @@ class _MLPBlock(nn.Module):
         return h + self.fc2(self.drop(z))
 
 
-class MLP(nn.Module):
-    """Residual MLP ``forward(x, t, cond=None)`` for inputs of shape (B, *shape); output has x's shape.
+class MLPEncoder(nn.Module):
+    """The trunk of :class:`MLP`: x flattened, lifted to ``hidden`` features, ``depth`` residual blocks.
 
-    x is flattened, lifted to ``hidden`` features, passed through ``depth``
-    residual blocks that each add a projection of the time(+class) embedding,
-    and projected back. The output layer starts at zero, so an untrained
-    network predicts 0 (the mean of eps or of centred data).
+    ``features(x, t, cond)`` returns the (B, hidden) features after the last
+    block; a classifier puts its own head on them.
     """
 
     def __init__(
@@ -55,27 +53,54 @@ class MLP(nn.Module):
             raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape!r}")
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
-        dim = math.prod(self.shape)
         self.cond_embed = ConditionEmbedding(emb_dim, hidden, time_embedding, time_scale, num_classes)
         self.num_classes = num_classes
-        self.inp = nn.Linear(dim, hidden)
+        self.inp = nn.Linear(math.prod(self.shape), hidden)
         self.blocks = nn.ModuleList(_MLPBlock(hidden, dropout) for _ in range(depth))
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        self.width = hidden
 
     @property
     def null_class(self) -> int | None:
         """The null label for classifier-free guidance (None without a class embedding)."""
         return self.cond_embed.null_class
 
-    def forward(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
-        """The network output at (x, t, cond), shape (B, *shape)."""
+    def features(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
+        """The (B, hidden) features at (x, t, cond)."""
         if x.ndim != len(self.shape) + 1 or tuple(x.shape[1:]) != self.shape:
-            raise ValueError(f"MLP expected input of shape (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
+            raise ValueError(f"{type(self).__name__} expected input of shape (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
         batch = x.shape[0]
         emb = nn.functional.silu(self.cond_embed(t, cond, batch))
         h = self.inp(x.reshape(batch, -1))
         for block in self.blocks:
             h = block(h, emb)
-        return self.out(h).reshape(x.shape)
+        return h
+
+
+class MLP(MLPEncoder):
+    """Residual MLP ``forward(x, t, cond=None)`` for inputs of shape (B, *shape); output has x's shape.
+
+    x is flattened, lifted to ``hidden`` features, passed through ``depth``
+    residual blocks that each add a projection of the time(+class) embedding,
+    and projected back. The output layer starts at zero, so an untrained
+    network predicts 0 (the mean of eps or of centred data).
+    """
+
+    def __init__(
+        self,
+        shape: int | tuple[int, ...],
+        hidden: int = 256,
+        depth: int = 4,
+        emb_dim: int = 128,
+        time_embedding: str = "sinusoidal",
+        time_scale: float = 1.0,
+        num_classes: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(shape, hidden, depth, emb_dim, time_embedding, time_scale, num_classes, dropout)
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, math.prod(self.shape)))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
+        """The network output at (x, t, cond), shape (B, *shape)."""
+        return self.out(self.features(x, t, cond)).reshape(x.shape)

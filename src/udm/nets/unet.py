@@ -159,7 +159,107 @@ class AttentionBlock(nn.Module):
         return (x + h.transpose(1, 2).reshape(b, c, hh, ww)) * self.out_scale
 
 
-class UNet(nn.Module):
+class UNetEncoder(nn.Module):
+    """The down path and middle of the UNet below: ADM's classifier trunk, and the first half of :class:`UNet`.
+
+    ``features(x, t, cond)`` returns the middle feature map, every skip of the
+    down path and the activated conditioning vector; options as for :class:`UNet`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        image_size: int = 32,
+        channels: int = 128,
+        channel_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attn_resolutions: Sequence[int] = (16,),
+        dropout: float = 0.1,
+        num_heads: int | None = None,
+        head_dim: int = 64,
+        num_classes: int | None = None,
+        time_embedding: str = "sinusoidal",
+        time_scale: float = 1.0,
+        resblock_updown: bool = False,
+        skip_rescale: bool = False,
+        scale_shift: bool = False,
+    ) -> None:
+        super().__init__()
+        if not channel_mult or num_res_blocks < 1 or channels < 1:
+            raise ValueError(
+                f"need channels >= 1, num_res_blocks >= 1 and a non-empty channel_mult, "
+                f"got channels={channels}, num_res_blocks={num_res_blocks}, channel_mult={tuple(channel_mult)}"
+            )
+        if num_heads is not None and num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1 or None, got {num_heads}")
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self._res_options = {"emb_dim": 4 * channels, "dropout": dropout, "scale_shift": scale_shift, "skip_rescale": skip_rescale}
+        self._num_heads, self._head_dim = num_heads, head_dim
+        self.cond_embed = ConditionEmbedding(channels, 4 * channels, time_embedding, time_scale, num_classes)
+
+        self.sizes = [image_size]
+        for _ in channel_mult[1:]:
+            self.sizes.append(_half(self.sizes[-1]))
+        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        self.skip_channels = [channels]
+        ch = channels
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers = [self.res(ch, channels * mult)]
+                ch = channels * mult
+                if self.sizes[level] in attn_resolutions:
+                    layers.append(self.attn(ch))
+                self.down.append(nn.ModuleList(layers))
+                self.skip_channels.append(ch)
+            if level < len(channel_mult) - 1:
+                self.down.append(nn.ModuleList([self.res(ch, ch, "down") if resblock_updown else Downsample(ch)]))
+                self.skip_channels.append(ch)
+        self.mid = nn.ModuleList([self.res(ch, ch), self.attn(ch), self.res(ch, ch)])
+        self.width = ch
+
+    def res(self, cin: int, cout: int, resample: str | None = None) -> ResBlock:
+        """A residual block with this network's embedding width and options."""
+        return ResBlock(cin, cout, resample=resample, **self._res_options)
+
+    def attn(self, ch: int) -> AttentionBlock:
+        """Self-attention over ``ch`` channels with ``num_heads`` heads, or heads of about ``head_dim`` features."""
+        heads = self._num_heads or max(h for h in range(1, max(1, ch // self._head_dim) + 1) if ch % h == 0)
+        return AttentionBlock(ch, heads, self._res_options["skip_rescale"])
+
+    @property
+    def null_class(self) -> int | None:
+        """The null label for classifier-free guidance (None without a class embedding)."""
+        return self.cond_embed.null_class
+
+    @staticmethod
+    def _run(layers: nn.ModuleList, h: Tensor, emb: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        for layer in layers:
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb, size)
+            elif isinstance(layer, Upsample):
+                h = layer(h, size)
+            else:
+                h = layer(h)
+        return h
+
+    def features(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> tuple[Tensor, list[Tensor], Tensor]:
+        """(middle features, skips of the down path, activated conditioning vector) at (x, t, cond)."""
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{type(self).__name__} expected input of shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        emb = F.silu(self.cond_embed(t, cond, x.shape[0]))
+        h = self.conv_in(x)
+        skips = [h]
+        for layers in self.down:
+            h = self._run(layers, h, emb)
+            skips.append(h)
+        return self._run(self.mid, h, emb), skips, emb
+
+
+class UNet(UNetEncoder):
     """DDPM / ADM-style UNet ``forward(x, t, cond=None)`` for images (B, in_channels, image_size, image_size).
 
     Level i has ``channels * channel_mult[i]`` channels and spatial size
@@ -190,92 +290,31 @@ class UNet(nn.Module):
         skip_rescale: bool = False,
         scale_shift: bool = False,
     ) -> None:
-        super().__init__()
-        if not channel_mult or num_res_blocks < 1 or channels < 1:
-            raise ValueError(
-                f"need channels >= 1, num_res_blocks >= 1 and a non-empty channel_mult, "
-                f"got channels={channels}, num_res_blocks={num_res_blocks}, channel_mult={tuple(channel_mult)}"
-            )
-        if num_heads is not None and num_heads < 1:
-            raise ValueError(f"num_heads must be >= 1 or None, got {num_heads}")
-        self.in_channels = in_channels
+        super().__init__(
+            in_channels, image_size, channels, channel_mult, num_res_blocks, attn_resolutions, dropout, num_heads, head_dim,
+            num_classes, time_embedding, time_scale, resblock_updown, skip_rescale, scale_shift,
+        )
         self.out_channels = out_channels or in_channels
-        self.image_size = image_size
-        self.num_classes = num_classes
-        emb_dim = 4 * channels
-        self.cond_embed = ConditionEmbedding(channels, emb_dim, time_embedding, time_scale, num_classes)
-
-        def res(cin: int, cout: int, resample: str | None = None) -> ResBlock:
-            return ResBlock(cin, cout, emb_dim, dropout, scale_shift, resample, skip_rescale)
-
-        def attn(ch: int) -> AttentionBlock:
-            heads = num_heads if num_heads is not None else max(h for h in range(1, max(1, ch // head_dim) + 1) if ch % h == 0)
-            return AttentionBlock(ch, heads, skip_rescale)
-
-        sizes = [image_size]
-        for _ in channel_mult[1:]:
-            sizes.append(_half(sizes[-1]))
-        self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
-        self.down = nn.ModuleList()
-        skip_channels = [channels]
-        ch = channels
-        for level, mult in enumerate(channel_mult):
-            for _ in range(num_res_blocks):
-                layers = [res(ch, channels * mult)]
-                ch = channels * mult
-                if sizes[level] in attn_resolutions:
-                    layers.append(attn(ch))
-                self.down.append(nn.ModuleList(layers))
-                skip_channels.append(ch)
-            if level < len(channel_mult) - 1:
-                self.down.append(nn.ModuleList([res(ch, ch, "down") if resblock_updown else Downsample(ch)]))
-                skip_channels.append(ch)
-
-        self.mid = nn.ModuleList([res(ch, ch), attn(ch), res(ch, ch)])
-
+        skip_channels = list(self.skip_channels)
+        ch = self.width
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
-                layers = [res(ch + skip_channels.pop(), channels * mult)]
+                layers = [self.res(ch + skip_channels.pop(), channels * mult)]
                 ch = channels * mult
-                if sizes[level] in attn_resolutions:
-                    layers.append(attn(ch))
+                if self.sizes[level] in attn_resolutions:
+                    layers.append(self.attn(ch))
                 if level > 0 and i == num_res_blocks:
-                    layers.append(res(ch, ch, "up") if resblock_updown else Upsample(ch))
+                    layers.append(self.res(ch, ch, "up") if resblock_updown else Upsample(ch))
                 self.up.append(nn.ModuleList(layers))
 
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, self.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    @property
-    def null_class(self) -> int | None:
-        """The null label for classifier-free guidance (None without a class embedding)."""
-        return self.cond_embed.null_class
-
-    @staticmethod
-    def _run(layers: nn.ModuleList, h: Tensor, emb: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-        for layer in layers:
-            if isinstance(layer, ResBlock):
-                h = layer(h, emb, size)
-            elif isinstance(layer, Upsample):
-                h = layer(h, size)
-            else:
-                h = layer(h)
-        return h
-
     def forward(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
         """The network output at (x, t, cond), same shape as x."""
-        expected = (self.in_channels, self.image_size, self.image_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"UNet expected input of shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        emb = F.silu(self.cond_embed(t, cond, x.shape[0]))
-        h = self.conv_in(x)
-        skips = [h]
-        for layers in self.down:
-            h = self._run(layers, h, emb)
-            skips.append(h)
-        h = self._run(self.mid, h, emb)
+        h, skips, emb = self.features(x, t, cond)
         for layers in self.up:
             h = torch.cat([h, skips.pop()], dim=1)
             target = tuple(skips[-1].shape[-2:]) if skips else None
