@@ -181,3 +181,38 @@ def test_sample_a_class_with_classifier_free_guidance(tmp_path, capsys):
     run_cli(capsys, "train", str(write_config(tmp_path / "plain.yaml", TINY)), "--out", str(plain), "--quiet")
     code, _, err = run_cli(capsys, "sample", str(plain), "--class", "0", "--n", "4")
     assert_one_line_error(code, err, "class-conditional model")
+
+
+def test_train_a_noise_aware_classifier_and_guide_with_it(tmp_path, capsys):
+    """`udm train` fits a classifier (loss.objective: classification), `udm eval` scores it by noise level, and
+    `udm sample MODEL --classifier RUN --gamma G --class K` guides with it; mismatched classifiers fail clearly."""
+    clf = {**TINY, "network": {"name": "classifier", "num_classes": 2, "channels": 16, "depth": 2}, "loss": {"objective": "classification"}}
+    clf.pop("prediction")
+    runs = {}
+    for name, config in (("clf", clf), ("model", TINY), ("clf_ve", {**clf, "process": {"name": "ve"}})):
+        runs[name] = tmp_path / name
+        code, _, err = run_cli(capsys, "train", str(write_config(tmp_path / f"{name}.yaml", config)), "--out", str(runs[name]), "--quiet")
+        assert code == 0, err
+    code, out, err = run_cli(capsys, "eval", str(runs["clf"]))
+    assert code == 0, err
+    accuracy = json.loads(out)["accuracy_at_t"]
+    assert len(accuracy) == 5 and all(0.0 <= a <= 1.0 for a in accuracy.values())
+    args = ("sample", str(runs["model"]), "--classifier", str(runs["clf"]), "--steps", "4", "--n", "8")
+    code, _, err = run_cli(capsys, *args, "--class", "1", "--gamma", "2.0", "--out", str(tmp_path / "s"))
+    assert code == 0, err
+    assert load_file(str(tmp_path / "s" / "samples.safetensors"))["samples"].shape == (8, 2)
+    code, _, err = run_cli(capsys, *args, "--class", "2")
+    assert_one_line_error(code, err, "--class 2 is outside the classifier's label set 0..1")
+    code, _, err = run_cli(capsys, "sample", str(runs["model"]), "--classifier", str(runs["clf_ve"]), "--class", "1")
+    assert_one_line_error(code, err, "the classifier was trained on process", "reads the noisy states of one process")
+    code, _, err = run_cli(capsys, "sample", str(runs["model"]), "--classifier", str(runs["model"]), "--class", "1")
+    assert_one_line_error(code, err, "is not a classifier run")
+    code, _, err = run_cli(capsys, "sample", str(runs["clf"]))
+    assert_one_line_error(code, err, "is a classifier run: it draws no samples")
+    code, _, err = run_cli(capsys, "sample", str(runs["model"]), "--gamma", "2.0", "--class", "1")
+    assert_one_line_error(code, err, "--gamma is the classifier-guidance scale")
+    image_clf = {**clf, "data": {"name": "digits", "test_fraction": 0.1}, "network": {"name": "classifier", "num_classes": 10, "channels": 8}}
+    code, _, err = run_cli(capsys, "train", str(write_config(tmp_path / "img.yaml", image_clf)), "--out", str(tmp_path / "img"), "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "sample", str(runs["model"]), "--classifier", str(tmp_path / "img"), "--class", "1")
+    assert_one_line_error(code, err, "the classifier takes inputs of shape (1, 8, 8) but the model generates shape (2,)")

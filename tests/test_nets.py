@@ -336,11 +336,11 @@ def test_wrong_input_shapes_raise():
 
 
 def test_build_network():
-    assert NETWORKS.names() == ["dit", "latent_transformer", "mlp", "sequence_transformer", "unet"]
+    assert NETWORKS.names() == ["classifier", "dit", "latent_transformer", "mlp", "sequence_transformer", "unet"]
     net = build_network("unet", in_channels=1, image_size=8, channels=16, channel_mult=(1, 2))
     assert isinstance(net, UNet)
     assert isinstance(build_network("sequence_transformer", vocab_size=5, seq_len=4, hidden=16, depth=1), SequenceTransformer)
-    with pytest.raises(ValueError, match="unknown network 'resnet'; valid networks: dit, latent_transformer, mlp, sequence_transformer, unet"):
+    with pytest.raises(ValueError, match="unknown network 'resnet'; valid networks: classifier, dit, latent_transformer, mlp, sequence_transformer, unet"):
         build_network("resnet")
     with pytest.raises(ValueError, match=r"unknown argument\(s\) 'chanels' for network 'unet'; allowed: in_channels, .*channels"):
         build_network("unet", chanels=64)

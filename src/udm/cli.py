@@ -95,27 +95,67 @@ def _load(args: argparse.Namespace):
     return load_trained(args.checkpoint, use_ema=not args.raw_weights, device=args.device)
 
 
+def _require_generative(model, path: str) -> None:
+    from .classifier import NoisyClassifier
+
+    if isinstance(model, NoisyClassifier):
+        raise ConfigError(f"{path} is a classifier run: it draws no samples; guide a model with it: udm sample MODEL --classifier {path}")
+
+
 def _run_dir(ckpt_path: Path) -> Path:
     return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
 
 
-def _conditioned(denoiser, args: argparse.Namespace):
-    """The denoiser and labels for ``--class K`` (and ``--cfg W``: classifier-free guidance, THEORY §2.2 G4)."""
+def _conditioned(denoiser, ckpt, args: argparse.Namespace):
+    """The denoiser and labels for ``--class K``, guided by ``--cfg W`` or ``--classifier RUN --gamma G`` (THEORY §2.2).
+
+    ``--cfg`` is classifier-free guidance (G4) of a model trained with label
+    dropout; ``--classifier`` is classifier guidance (G2) by a noise-aware
+    classifier trained on the same data and process as the model.
+    """
     import torch
 
-    from .guidance import ClassifierFreeGuidance
+    from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 
+    if args.cfg is not None and args.classifier is not None:
+        raise ConfigError("--cfg and --classifier are two kinds of guidance: choose one")
+    if args.gamma is not None and args.classifier is None:
+        raise ConfigError("--gamma is the classifier-guidance scale: it needs --classifier RUN")
     if args.label is None:
-        if args.cfg is not None:
-            raise ConfigError("--cfg needs --class: classifier-free guidance steers toward a class")
+        if args.cfg is not None or args.classifier is not None:
+            raise ConfigError(f"{'--cfg' if args.cfg is not None else '--classifier'} needs --class: guidance steers toward a class")
         return denoiser, None
+    cond = torch.full((args.n,), args.label, dtype=torch.long)
+    if args.classifier is not None:
+        classifier = _guiding_classifier(ckpt, args)
+        if not 0 <= args.label < classifier.num_classes:
+            raise ConfigError(f"--class {args.label} is outside the classifier's label set 0..{classifier.num_classes - 1}")
+        return ClassifierGuidance(denoiser, classifier, 1.0 if args.gamma is None else args.gamma), cond
     classes = getattr(getattr(denoiser, "net", None), "num_classes", None)
     if classes is None:
-        raise ConfigError("--class needs a class-conditional model (network.num_classes); this checkpoint's network has none")
+        raise ConfigError("--class needs a class-conditional model (network.num_classes) or --classifier; this checkpoint's network has none")
     if not 0 <= args.label < classes:
         raise ConfigError(f"--class {args.label} is outside the model's label set 0..{classes - 1}")
-    cond = torch.full((args.n,), args.label, dtype=torch.long)
     return (denoiser if args.cfg is None else ClassifierFreeGuidance(denoiser, args.cfg)), cond
+
+
+def _guiding_classifier(ckpt, args: argparse.Namespace):
+    """The noise-aware classifier of ``--classifier``, checked against the model it guides (data shape and process)."""
+    from .classifier import NoisyClassifier
+    from .training import load_trained
+
+    classifier, cckpt = load_trained(args.classifier, use_ema=not args.raw_weights, device=args.device)
+    if not isinstance(classifier, NoisyClassifier):
+        raise ConfigError(f"--classifier {args.classifier} is not a classifier run (train one with loss.objective: classification)")
+    shape, cshape = tuple(ckpt.meta["data"]["shape"]), tuple(cckpt.meta["data"]["shape"])
+    if shape != cshape:
+        raise ConfigError(f"the classifier takes inputs of shape {cshape} but the model generates shape {shape}: train it on the model's data")
+    if cckpt.config["process"] != ckpt.config["process"]:
+        raise ConfigError(
+            f"the classifier was trained on process {cckpt.config['process']} but the model uses {ckpt.config['process']}: "
+            "a noise-aware classifier reads the noisy states of one process"
+        )
+    return classifier.eval()
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -126,8 +166,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1 or args.steps < 1:
         raise ConfigError(f"--n and --steps must be >= 1, got n={args.n}, steps={args.steps}")
     denoiser, ckpt = _load(args)
+    _require_generative(denoiser, args.checkpoint)
     shape = tuple(ckpt.meta["data"]["shape"])
-    denoiser, cond = _conditioned(denoiser, args)
+    denoiser, cond = _conditioned(denoiser, ckpt, args)
     x, nfe = draw_samples(denoiser, shape, args.n, args.sampler, args.steps, seed=args.seed, grid=args.grid, cond=cond, device=args.device)
     out = Path(args.out or _run_dir(ckpt.path) / f"samples_step{ckpt.step}_{args.sampler}_{args.steps}")
     meta = {"checkpoint": str(ckpt.path), "sampler": args.sampler, "steps": str(args.steps), "nfe": str(nfe), "seed": str(args.seed)}
@@ -136,19 +177,31 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _classifier_metrics(classifier, test, n: int, seed: int) -> dict:
+    """Held-out accuracy of a noise-aware classifier at five times spread over [t_eps, t_max]."""
+    p = classifier.process
+    times = [p.t_eps + (p.t_max - p.t_eps) * q for q in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    x, y = test.x[:n].to(next(classifier.parameters()).device), test.y[:n].to(next(classifier.parameters()).device)
+    return {"accuracy_at_t": {f"{t:.4g}": classifier.accuracy(x, y, t, seed=seed) for t in times}}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .classifier import NoisyClassifier
     from .evaluate import draw_samples, sample_metrics
     from .training import build_data
     from .training.checkpoint import write_atomic
 
-    denoiser, ckpt = _load(args)
+    model, ckpt = _load(args)
     sc = ckpt.config["sample"]
-    sampler, steps = args.sampler or sc["sampler"], args.steps or sc["steps"]
     train, test = build_data(ckpt.config)
     n = min(args.n or sc["eval_n"], len(test))
-    x, nfe = draw_samples(denoiser, tuple(train.shape), n, sampler, steps, seed=args.seed, grid=sc["grid"], device=args.device)
-    metrics = {"checkpoint": str(ckpt.path), "step": ckpt.step, "sampler": sampler, "steps": steps, "nfe": nfe}
-    metrics.update(sample_metrics(x, test, train))
+    metrics = {"checkpoint": str(ckpt.path), "step": ckpt.step}
+    if isinstance(model, NoisyClassifier):
+        metrics.update(n=n, **_classifier_metrics(model, test, n, args.seed))
+    else:
+        sampler, steps = args.sampler or sc["sampler"], args.steps or sc["steps"]
+        x, nfe = draw_samples(model, tuple(train.shape), n, sampler, steps, seed=args.seed, grid=sc["grid"], device=args.device)
+        metrics.update(sampler=sampler, steps=steps, nfe=nfe, **sample_metrics(x, test, train))
     text = json.dumps(metrics, indent=1)
     print(text)
     if args.out:
@@ -219,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--grid", default=None, help="time grid (see `udm list`)")
             p.add_argument("--class", dest="label", type=int, default=None, help="class label to sample (a class-conditional model)")
             p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance weight w: (1+w) cond - w uncond")
+            p.add_argument("--classifier", default=None, help="a noise-aware classifier run to guide with (classifier guidance)")
+            p.add_argument("--gamma", type=float, default=None, help="classifier-guidance scale (default 1: the Bayes posterior)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("list", help="list processes, parameterizations, samplers, grids, networks, datasets, configs")

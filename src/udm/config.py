@@ -225,6 +225,11 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config key 'loss.objective' is {loss['objective']!r}; allowed: {', '.join(OBJECTIVES)}")
     if loss["objective"] == "poisson_field" and prediction["name"] != "pfgm":
         raise ConfigError("config key 'loss.objective' is 'poisson_field', which trains prediction 'pfgm' (PFGM's normalized field)")
+    if (loss["objective"] == "classification") != (network["name"] == "classifier"):
+        raise ConfigError(
+            f"config key 'loss.objective' is {loss['objective']!r} with network {network['name']!r}: a noise-aware classifier "
+            "is network 'classifier' trained with loss.objective 'classification', and neither goes without the other"
+        )
     ts = _named("loss.time_sampler", loss["time_sampler"], TIME_SAMPLERS, default="uniform")
     check_options("loss.time_sampler", "time sampler", ts["name"], TIME_SAMPLERS.get(ts["name"]), _opts(ts))
     loss["time_sampler"] = ts
@@ -234,6 +239,8 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     if "ema" in (config.get("train") or {}):
         train["ema"] = copy.deepcopy(config["train"]["ema"])
     _check_train(train)
+    if loss["objective"] == "classification" and train["sample_every"]:
+        raise ConfigError("config key 'train.sample_every' must be 0 for a classifier: a classifier run draws no samples")
     out["train"] = train
 
     sample = _merge_known("sample", config.get("sample"), SAMPLE_DEFAULTS)

@@ -127,8 +127,8 @@ class ClassifierGuidance(GradientGuidance):
     """
 
     def __init__(self, denoiser: Denoiser, classifier: Callable[..., Tensor], gamma: float = 1.0, clean: bool = False) -> None:
-        self.classifier, self.clean = classifier, bool(clean)
         super().__init__(denoiser, self._log_prob, gamma)
+        self.classifier, self.clean = classifier, bool(clean)
 
     def _log_prob(self, x: Tensor, t: float | Tensor, cond: object) -> Tensor:
         logits = self.classifier(self.denoiser(x, t)) if self.clean else self.classifier(x, t)

@@ -562,7 +562,40 @@ class PoissonFieldLoss(DenoisingLoss):
         return {"objective": "poisson_field", "points": self.points}
 
 
-OBJECTIVES = ("auto", "denoising", "cross_entropy", "poisson_field")
+class ClassificationLoss(Objective):
+    """E_t E_{x0, y, eps} w(t) [-log p(y | F_t(x0, eps), t)]: a noise-aware classifier's cross-entropy (THEORY §2.2, G1).
+
+    The batch's labels arrive as ``cond``. Times come from the time sampler as
+    for a denoiser, so the classifier learns the noise levels a sampler visits;
+    ``model`` is a :class:`udm.classifier.NoisyClassifier`.
+    """
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        x0: Tensor,
+        cond: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        t: Tensor | None = None,
+        w: Tensor | None = None,
+        eps: Tensor | None = None,
+    ) -> LossOutput:
+        """The cross-entropy on a labelled batch; (t, w, eps) are drawn unless given."""
+        if cond is None:
+            raise ValueError("the classification objective needs class labels: train it on labelled data")
+        process = model.process
+        t, w, eps = self.times_and_noise(process, x0, generator, t, w, eps)
+        logits = model.raw(process.corrupt(x0, t, eps), t)
+        ce = torch.nn.functional.cross_entropy(logits.float(), cond.to(logits.device), reduction="none")
+        per_sample = ce * w.to(ce.dtype)
+        return LossOutput(per_sample.mean(), per_sample, t, w, ce.detach())
+
+    def config(self) -> dict:
+        return {"objective": "classification", "time_sampler": self.time_sampler.config()}
+
+
+OBJECTIVES = ("auto", "denoising", "cross_entropy", "poisson_field", "classification")
 
 
 def make_loss(
@@ -577,10 +610,15 @@ def make_loss(
     """The training objective a config asks for: cross-entropy for the ``logits`` prediction, else denoising.
 
     ``weighting=None`` (or ``"target"`` with logits) takes each loss's default.
-    ``objective="poisson_field"`` is PFGM's P1 + P2 objective on ``points`` rows per batch.
+    ``objective="poisson_field"`` is PFGM's P1 + P2 objective on ``points`` rows per batch;
+    ``objective="classification"`` trains a noise-aware classifier (the prediction is not used).
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
+    if objective == "classification":
+        if weighting not in (None, "target") or norm != "l2" or points is not None:
+            raise ValueError("the classification objective is a cross-entropy: it takes no loss weighting, norm or points")
+        return ClassificationLoss(time_sampler)
     if objective == "poisson_field":
         if prediction != "pfgm" or weighting not in (None, "target"):
             raise ValueError("the poisson_field objective trains the 'pfgm' prediction with weighting 'target'")

@@ -1,5 +1,7 @@
 """Networks: ``forward(x, t, cond=None)`` maps a noisy input to an output of x's shape (logits for tokens).
 
+The exception is the ``classifier``: it maps (x_t, t) to class logits.
+
 Networks know nothing about diffusion processes. ``t`` is the noise-level
 input the caller chooses (raw time, DDPM step, EDM's c_noise), embedded as
 ``t * time_scale``; ``cond`` is an optional LongTensor of class labels whose
@@ -13,6 +15,7 @@ guidance, and ``cond=None`` means all null.
 | dit                  | :class:`DiT`                 | images as patches        |
 | sequence_transformer | :class:`SequenceTransformer` | token ids (B, L)         |
 | latent_transformer   | :class:`LatentTransformer`   | latents (B, L, d) + encoder F (THEORY §4.5) |
+| classifier           | :class:`Classifier`          | images or vectors -> (B, num_classes) logits (THEORY §2.2 G1) |
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from collections.abc import Callable
 from torch import nn
 
 from ..registry import Registry
+from .classifier import Classifier
 from .embeddings import ClassEmbedding, ConditionEmbedding, FourierEmbedding, SinusoidalEmbedding, TimeEmbedding
 from .latent import LatentTransformer, TokenEncoder
-from .mlp import MLP
+from .mlp import MLP, MLPEncoder
 from .transformer import DiT, SelfAttention, SequenceTransformer, TransformerBlock, TransformerTrunk
-from .unet import UNet
+from .unet import UNet, UNetEncoder
 
 NETWORKS: Registry[Callable[..., nn.Module]] = Registry("network")
 NETWORKS.register("mlp", MLP)
@@ -35,6 +39,7 @@ NETWORKS.register("unet", UNet)
 NETWORKS.register("dit", DiT)
 NETWORKS.register("sequence_transformer", SequenceTransformer)
 NETWORKS.register("latent_transformer", LatentTransformer)
+NETWORKS.register("classifier", Classifier)
 
 
 def build_network(name: str, **kwargs) -> nn.Module:
@@ -59,6 +64,8 @@ def build_network(name: str, **kwargs) -> nn.Module:
 __all__ = [
     "NETWORKS",
     "MLP",
+    "MLPEncoder",
+    "Classifier",
     "ClassEmbedding",
     "ConditionEmbedding",
     "DiT",
@@ -72,5 +79,6 @@ __all__ = [
     "TransformerBlock",
     "TransformerTrunk",
     "UNet",
+    "UNetEncoder",
     "build_network",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..classifier import NoisyClassifier
 from ..config import ConfigError, options
 from ..data import Dataset, load_dataset
 from ..denoiser import PARAMETERIZATIONS, make_denoiser
@@ -105,8 +106,15 @@ def resolve_network(config: dict[str, Any], shape: tuple[int, ...], num_classes:
     return _fill(dict(config["network"]), NETWORKS.get(config["network"]["name"]), auto)
 
 
+def wrap_network(net: nn.Module, process: Process, config: dict[str, Any]) -> nn.Module:
+    """The model a config trains around ``net``: a noise-aware classifier or a denoiser in its parameterization."""
+    if config["loss"]["objective"] == "classification":
+        return NoisyClassifier(net, process)
+    return make_denoiser(net, process, config["prediction"]["name"], **options(config["prediction"]))
+
+
 def build_model(config: dict[str, Any]) -> tuple[Process, nn.Module, nn.Module]:
-    """Process, network and denoiser from a config whose network options are resolved."""
+    """Process, network and model (a denoiser, or a classifier) from a config whose network options are resolved."""
     process = get_process(config["process"]["name"], **options(config["process"]))
     net_opts = options(config["network"])
     try:
@@ -116,8 +124,7 @@ def build_model(config: dict[str, Any]) -> tuple[Process, nn.Module, nn.Module]:
     bound = getattr(process, "bound", None)
     if bound is not None:
         process = bound(net)
-    denoiser = make_denoiser(net, process, config["prediction"]["name"], **options(config["prediction"]))
-    return process, net, denoiser
+    return process, net, wrap_network(net, process, config)
 
 
 def build_experiment(config: dict[str, Any], with_data: bool = True) -> Experiment:
@@ -138,14 +145,13 @@ def build_experiment(config: dict[str, Any], with_data: bool = True) -> Experime
         config["prediction"]["name"], lc["weighting"], lc["time_sampler"], lc["gamma"], lc["norm"], lc["objective"], lc["points"]
     )
     if train is not None:
-        conditional = getattr(net, "num_classes", None) is not None
-        if conditional and train.y is None:
+        if getattr(net, "num_classes", None) is not None and train.y is None:
             raise ConfigError(
-                f"network {config['network']['name']!r} has a class embedding (num_classes) but data {train.name!r} has no labels"
+                f"network {config['network']['name']!r} has classes (num_classes) but data {train.name!r} has no labels"
             )
         x0 = train.x[:2]
         t = torch.full((x0.shape[0],), float(process.t_max), dtype=torch.float64)
-        cond = train.y[:2] if conditional else None
+        cond = train.y[:2] if getattr(net, "null_class", None) is not None else None
         try:
             with torch.no_grad():
                 dtype = x0.dtype if x0.is_floating_point() else torch.float32

@@ -41,7 +41,7 @@ from .checkpoint import (
     write_atomic,
 )
 from .ema import EMA
-from .experiment import build_experiment
+from .experiment import build_experiment, wrap_network
 
 #: train keys that may change between a run and its resumption (they do not change the math).
 RESUMABLE_KEYS = ("steps", "log_every", "ckpt_every", "keep_checkpoints", "sample_every", "device", "compile")
@@ -160,7 +160,7 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.ddp = model
         forward_net = torch.compile(model) if self.tc["compile"] else model
-        self.denoiser = make_denoiser(forward_net, self.process, exp.denoiser.parameterization)
+        self.denoiser = wrap_network(forward_net, self.process, self.config)
         self.optimizer = torch.optim.AdamW(
             self.net.parameters(),
             lr=self.tc["lr"],
@@ -220,7 +220,8 @@ class Trainer:
         if self.train_noise is not None:
             eps = self.train_noise[idx]  # fixed couplings (x0, x1): t and w are still drawn
         y_global = self.train_y[idx] if self.conditional else None
-        if y_global is not None and self.tc["cond_dropout"] > 0:  # the null label of classifier-free guidance (THEORY §2.2, G4)
+        # the null label of classifier-free guidance (THEORY §2.2, G4); a classifier's labels are targets and never dropped
+        if y_global is not None and self.tc["cond_dropout"] > 0 and getattr(self.net, "null_class", None) is not None:
             drop = torch.rand(y_global.shape[0], generator=gen, device=gen.device) < self.tc["cond_dropout"]
             y_global = torch.where(drop.to(y_global.device), torch.full_like(y_global, self.net.null_class), y_global)
         per_rank = self.tc["batch_size"] // self.info.world_size
