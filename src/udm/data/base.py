@@ -52,6 +52,11 @@ class Dataset:
     :meth:`decode` uses; ``image_shape``, the ``(C, H, W)`` a row of ``L``
     tokens reshapes to for plotting token images such as binarized MNIST.
 
+    ``levels`` (images only) is the number of evenly spaced values a pixel
+    takes on [-1, 1]: 256 for 8-bit images, 17 for scikit-learn's digits; None
+    when unknown. Likelihoods in bits per dimension dequantize with it
+    (:func:`udm.likelihood.dequantize`).
+
     ``ordered`` marks sequential data whose samples must not be shuffled
     across the train/test boundary, such as consecutive windows of one text:
     :meth:`split` then holds out the last samples instead of random ones.
@@ -75,6 +80,7 @@ class Dataset:
     image_shape: tuple[int, ...] | None = None
     ordered: bool = False
     noise: Tensor | None = None
+    levels: int | None = None
 
     def __post_init__(self) -> None:
         x = self.x
@@ -104,6 +110,8 @@ class Dataset:
             raise ValueError(f"dataset {self.name!r}: x must have shape (N, *shape) with ndim >= 2, got {tuple(x.shape)}")
         if self.kind == "image" and x.ndim != 4:
             raise ValueError(f"dataset {self.name!r}: image data must be (N, C, H, W), got {tuple(x.shape)}")
+        if self.levels is not None and (self.kind != "image" or int(self.levels) < 2):
+            raise ValueError(f"dataset {self.name!r}: levels (pixel values per channel, >= 2) applies to images only, got {self.levels!r}")
         if x.shape[0] == 0 or x.numel() == 0:
             raise ValueError(f"dataset {self.name!r} is empty: x has shape {tuple(x.shape)}")
         # a finite sum proves every entry finite at the cost of one reduction; only an

@@ -174,7 +174,7 @@ def mnist(path: str | Path | None = None, split: str = "train", limit: int | Non
     images, labels = _read_mnist(path, split, limit, "mnist")
     x = from_uint8(torch.from_numpy(images.copy())).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
-    return Dataset(x, y, 10, "image", f"mnist-{split}")
+    return Dataset(x, y, 10, "image", f"mnist-{split}", levels=256)
 
 
 @DATASETS.register("binary_mnist")

@@ -30,7 +30,7 @@ def digits() -> Dataset:
     bunch = load_digits()
     x = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 8.0 - 1.0).unsqueeze(1)
     y = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
-    return Dataset(x, y, 10, "image", "digits")
+    return Dataset(x, y, 10, "image", "digits", levels=17)
 
 
 def _image_files(root: Path) -> list[Path]:
@@ -108,4 +108,4 @@ def image_folder(path: str | Path, size: int | None = None, channels: int | None
         index = {c: i for i, c in enumerate(classes)}
         y = torch.tensor([index[parts[0]] for parts in rel], dtype=torch.int64)
         num_classes = len(classes)
-    return Dataset(x, y, num_classes, "image", root.name or str(root))
+    return Dataset(x, y, num_classes, "image", root.name or str(root), levels=256)
