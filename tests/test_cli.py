@@ -216,3 +216,20 @@ def test_train_a_noise_aware_classifier_and_guide_with_it(tmp_path, capsys):
     assert code == 0, err
     code, _, err = run_cli(capsys, "sample", str(runs["model"]), "--classifier", str(tmp_path / "img"), "--class", "1")
     assert_one_line_error(code, err, "the classifier takes inputs of shape (1, 8, 8) but the model generates shape (2,)")
+
+
+def test_eval_nll_reports_nats_and_bits_per_dim_with_its_protocol(tmp_path, capsys):
+    """`udm eval RUN --nll`: NLL through the PF-ODE, in nats for points and bits/dim (dequantized) for images."""
+    for name, config, dim in (("points", TINY, 2), ("digits", {**TINY, "data": {"name": "digits", "test_fraction": 0.1},
+                                                                "network": {"name": "mlp", "hidden": 16, "depth": 1}}, 64)):
+        run = tmp_path / name
+        assert run_cli(capsys, "train", str(write_config(tmp_path / f"{name}.yaml", config)), "--out", str(run), "--quiet")[0] == 0
+        code, out, err = run_cli(capsys, "eval", str(run), "--nll", "--n", "8", "--probes", "2", "--rtol", "1e-4")
+        assert code == 0, err
+        metrics = json.loads(out)
+        assert metrics["n"] == 8 and metrics["nfe"] > 0 and metrics["protocol"]["probes"] == 2
+        assert np.isclose(metrics["nll_nats_per_dim"], metrics["nll_nats"] / dim)
+        if name == "digits":
+            assert np.isclose(metrics["bits_per_dim"], metrics["nll_nats_per_dim"] / np.log(2) + np.log2(17 / 2), rtol=1e-9)
+        else:
+            assert "bits_per_dim" not in metrics and metrics["protocol"]["dequantization"] == "none"
