@@ -233,3 +233,44 @@ def test_eval_nll_reports_nats_and_bits_per_dim_with_its_protocol(tmp_path, caps
             assert np.isclose(metrics["bits_per_dim"], metrics["nll_nats_per_dim"] / np.log(2) + np.log2(17 / 2), rtol=1e-9)
         else:
             assert "bits_per_dim" not in metrics and metrics["protocol"]["dequantization"] == "none"
+
+
+HEAT_FIELD = '''
+import torch
+
+
+class HeatODE:
+    """A field a user proposes: p_t = N(0, 1 + t) in 1-D transported by the ODE dx/dt = x / (2 (1 + t))."""
+
+    t_range = (0.2, 1.0)
+
+    def sample(self, t, n, generator):
+        gen = generator if isinstance(generator, torch.Generator) else torch.Generator().manual_seed(int(generator))
+        return (1.0 + t) ** 0.5 * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+
+    def velocity(self, t, x):
+        return x / (2.0 * (1.0 + t))
+
+
+class Backwards(HeatODE):
+    def velocity(self, t, x):
+        return -x / (2.0 * (1.0 + t))
+'''
+
+
+def test_check_prints_a_table_and_fails_wrong_fields(tmp_path, capsys, monkeypatch):
+    """`udm check` passes built-in cases, exits 1 on a deliberately wrong drift, and checks a user's field by module:attr."""
+    code, out, err = run_cli(capsys, "check", "vp_ode", "rectified_flow", "--n", "4000", "--times", "1")
+    assert code == 0, out + err
+    assert "| vp_ode" in out and "| rectified_flow" in out and "FAILED" not in out
+    code, out, _ = run_cli(capsys, "check", "vp_ode:sign_flip", "--n", "4000", "--times", "1")
+    assert code == 1 and "FAILED" in out
+    (tmp_path / "my_fields.py").write_text(HEAT_FIELD)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "my_fields", raising=False)
+    code, out, err = run_cli(capsys, "check", "--field", "my_fields:HeatODE", "--n", "4000", "--times", "2")
+    assert code == 0, out + err
+    code, out, _ = run_cli(capsys, "check", "--field", "my_fields:Backwards", "--n", "4000", "--times", "2")
+    assert code == 1 and "FAILED" in out
+    code, _, err = run_cli(capsys, "check", "--field", "my_fields:nothing")
+    assert_one_line_error(code, err, "module 'my_fields' has no attribute 'nothing'")

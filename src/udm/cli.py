@@ -1,4 +1,4 @@
-"""The ``udm`` command: train, sample, eval, list, demo (``python -m udm`` is the same).
+"""The ``udm`` command: train, sample, eval, check, list, demo (``python -m udm`` is the same).
 
 Every user error (a bad config key, a missing file, a damaged checkpoint, data
 the network cannot take) ends in one line ``udm: error: ...`` on stderr and
@@ -243,6 +243,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Weak-form (W1) and strong-form (W2) checks of named processes or a user's field (THEORY §9.2); exit 1 on a failure."""
+    import os
+
+    from .checks import CHECK_CASES, format_table, load_field, resolve_case, run_checks
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # `--field my_module:my_field` finds modules in the working directory
+    cases = [load_field(spec) for spec in args.field] + [resolve_case(name) for name in args.cases]
+    if not cases:
+        cases = [CHECK_CASES.get(name)() for name in CHECK_CASES.names()]
+    results = []
+    for case in cases:
+        results += run_checks(case, n=args.n, times=args.times, alpha=args.alpha, seed=args.seed)
+    print(format_table(results))
+    failed = sum(not r.passed for r in results)
+    print(f"\n{len(results) - failed} of {len(results)} checks passed" + (f"; {failed} FAILED" if failed else ""))
+    return 1 if failed else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .data import DATASETS
     from .denoiser import PARAMETERIZATIONS
@@ -251,6 +271,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .processes import NOISES, PROCESSES
     from .samplers import GRIDS, SAMPLERS
     from .demo import PROCESS_DEMOS
+    from .checks import CHECK_CASES
 
     rows = [
         ("processes", PROCESSES.names()),
@@ -265,6 +286,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         ("loss objectives", list(OBJECTIVES)),
         ("configs", bundled_configs()),
         ("demo processes", PROCESS_DEMOS.names()),
+        ("check cases", CHECK_CASES.names()),
     ]
     for kind, names in rows:
         print(f"{kind + ':':<20}{', '.join(names)}")
@@ -317,6 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list processes, parameterizations, samplers, grids, networks, datasets, configs")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("check", help="check that a process's drift and diffusion transport its marginals (Fokker-Planck / continuity)")
+    p.add_argument("cases", nargs="*", help="check cases (see `udm list`; NAME:KIND for a deliberately wrong drift); default all")
+    p.add_argument("--field", action="append", default=[], metavar="MODULE:ATTR",
+                   help="a user field with sample(t, n, generator) and drift(t, x); optional g2, density(t, x), t_range")
+    p.add_argument("--n", type=int, default=20000, help="particles per weak-form check")
+    p.add_argument("--times", type=int, default=3, help="times per case, spread over its t_range")
+    p.add_argument("--alpha", type=float, default=0.01, help="familywise false-failure level of each case's weak-form checks")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="the main job: train on embedded data, write samples, plots and metrics")
     p.add_argument("--out", default="out/demo")
