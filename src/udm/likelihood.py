@@ -6,11 +6,14 @@ d/dt log p_t(x_t) = -div f_t(x_t) (12.1), so
     log p_t0(x0) = log p_T(x_T) + int_t0^T div f_t(x_t) dt.
 
 The ODE is integrated in one of the variables of :class:`udm.samplers.ode.ODEView`:
-the process time t (state x, the velocity field), or sigma~ = sigma/alpha with
-the scaled state y = x/alpha (EDM's variable: dy/dsigma~ = eps_hat, much
-straighter, so an adaptive solver takes far fewer steps). In the scaled
-variable the density of y is alpha^D times that of x, which adds
-D (log alpha_T - log alpha_t0) to the integral.
+the process time t (state x, the velocity field), or sigma~ = sigma/alpha (or
+log sigma~) with the scaled state y = x/alpha, EDM's sampling variable. In
+the scaled variables the density of y is alpha^D times that of x, which adds
+D (log alpha_T - log alpha_t0) to the integral. Which variable takes fewer
+steps depends on the field and the error norm (benchmarks/RESULTS.md, an
+MNIST VP model at rtol 1e-5: 476 steps in sigma~ and 794 in t with the
+per-sample norm, 338 and 218 with one batch RMS); the default is sigma~
+where alpha > 0 on the whole range, else t.
 
 The divergence is exact (the trace of the Jacobian from D batched
 vector-Jacobian products: small D only) or Hutchinson's estimate v^T J v
@@ -81,7 +84,7 @@ class Likelihood:
 
         It assumes the per-probe integrals are roughly normal; they are skewed,
         so with few probes it under-covers (on a 10-D mixture, tests/test_likelihood.py:
-        8 Rademacher probes cover 82% at a nominal 90%, 32 probes 88.5%).
+        8 Rademacher probes cover 82% at a nominal 90%, 32 about 88%, 64 about 90%).
         """
         if self.divergence == "exact":
             return self.log_p, self.log_p
@@ -127,6 +130,9 @@ def _vjp_quadratic_forms(out: Tensor, y: Tensor, vectors: Tensor) -> Tensor:
     a loop over the vectors where the network does not support vmap.
     """
     v = vectors.to(out.dtype)
+    if v.shape[0] == 1:  # one probe: a plain vector-Jacobian product
+        (vjp,) = torch.autograd.grad(out, y, grad_outputs=v[0], retain_graph=True)
+        return (vjp.to(torch.float64) * vectors[0]).flatten(1).sum(1)[None]
     try:
         (vjp,) = torch.autograd.grad(out, y, grad_outputs=v, is_grads_batched=True, retain_graph=True)
     except (RuntimeError, NotImplementedError):
@@ -193,6 +199,7 @@ def flow(
     method: str = "dopri5",
     variable: str | None = None,
     generator: rng.GeneratorLike = None,
+    per_sample: bool = True,
 ) -> tuple[Tensor, Tensor, int]:
     """Carry ``x`` (at time t_start) along the PF-ODE to t_end; return (x_end, delta (B, K), NFE).
 
@@ -200,7 +207,9 @@ def flow(
     variable, with the alpha^D correction of the module docstring), so
     log p_{t_start}(x) = log p_{t_end}(x_end) + delta, in either direction:
     encoding (t_start < t_end) and decoding give deltas of opposite sign.
-    K = 1 for the exact divergence.
+    K = 1 for the exact divergence. ``per_sample=False`` uses torchdiffeq's
+    default error norm (one RMS over the whole batch state) instead of the
+    per-sample norm of the module docstring.
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {divergence!r}")
@@ -221,7 +230,8 @@ def flow(
     d = math.prod(shape[1:])
     state0 = torch.cat([view.to_state(x, t_start).reshape(shape[0], d).to(torch.float64), x.new_zeros(shape[0], k, dtype=torch.float64)], 1)
     grid = torch.tensor([u0, u1], dtype=torch.float64, device=x.device)
-    state1 = odeint(field, state0, grid, rtol=rtol, atol=atol, method=method, options={"norm": _per_sample_norm(d)})[-1]
+    options = {"norm": _per_sample_norm(d)} if per_sample else None
+    state1 = odeint(field, state0, grid, rtol=rtol, atol=atol, method=method, options=options)[-1]
     delta = state1[:, d:]  # int_u0^u1 div_y (dy/du) du: log q_u0(y0) = log q_u1(y1) + delta, in either direction
     if view.scaled:  # log p_t(x) = log q_u(y) - D log alpha_t
         delta = delta + d * (math.log(float(process.alpha(t_end))) - math.log(float(process.alpha(t_start))))
@@ -244,6 +254,7 @@ def log_likelihood(
     method: str = "dopri5",
     variable: str | None = None,
     generator: rng.GeneratorLike = None,
+    per_sample: bool = True,
 ) -> Likelihood:
     """log p_t0(x0) = log p_T(x_T) + int_t0^T div f dt for a batch (THEORY §5.2, O3).
 
@@ -259,7 +270,7 @@ def log_likelihood(
         raise ValueError(f"need t0 < t1, got t0={t0:g}, t1={t1:g}")
     x_T, delta, nfe = flow(
         denoiser, x0, t0, t1, divergence=divergence, probes=probes, probe=probe, rtol=rtol, atol=atol,
-        method=method, variable=variable, generator=generator,
+        method=method, variable=variable, generator=generator, per_sample=per_sample,
     )
     log_p_T = (prior_log_prob(process, x_T, t1) if prior is None else prior(x_T)).to(torch.float64)
     per_probe = log_p_T[:, None] + delta
