@@ -197,6 +197,8 @@ def test_train_a_noise_aware_classifier_and_guide_with_it(tmp_path, capsys):
     assert code == 0, err
     accuracy = json.loads(out)["accuracy_at_t"]
     assert len(accuracy) == 5 and all(0.0 <= a <= 1.0 for a in accuracy.values())
+    code, _, err = run_cli(capsys, "eval", str(runs["clf"]), "--nll")
+    assert_one_line_error(code, err, "--nll needs a generative model")
     args = ("sample", str(runs["model"]), "--classifier", str(runs["clf"]), "--steps", "4", "--n", "8")
     code, _, err = run_cli(capsys, *args, "--class", "1", "--gamma", "2.0", "--out", str(tmp_path / "s"))
     assert code == 0, err

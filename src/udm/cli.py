@@ -229,9 +229,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     n = min(args.n or sc["eval_n"], len(test))
     metrics = {"checkpoint": str(ckpt.path), "step": ckpt.step}
     if isinstance(model, NoisyClassifier):
+        if args.nll:
+            raise ConfigError(f"--nll needs a generative model; {args.checkpoint} is a classifier run")
         metrics.update(n=n, **_classifier_metrics(model, test, n, args.seed))
     elif args.nll:
-        metrics.update(_nll_metrics(model, test, args.n or min(n, 256), args))
+        metrics.update(_nll_metrics(model, test, min(args.n or 256, len(test)), args))
     else:
         sampler, steps = args.sampler or sc["sampler"], args.steps or sc["steps"]
         x, nfe = draw_samples(model, tuple(train.shape), n, sampler, steps, seed=args.seed, grid=sc["grid"], device=args.device)
