@@ -34,7 +34,7 @@ from udm.theory import fokker_planck as fp
 
 N = 20000  # particles per W1 check: the SE is ~1% of the per-particle spread
 REVERSE = [(process, s) for process in ("vp", "ve") for s in (0.0, 0.3, 1.0, 1.7, 3.0)]
-ALPHA = 0.01 / (len(checks.case_names()) + len(REVERSE) + 1)  # familywise over the positive groups (+1: the user field)
+ALPHA = 0.01 / (len(checks.case_names()) + len(REVERSE) + 2)  # familywise over the positive groups (+2: user field, simulation)
 
 
 @pytest.fixture(autouse=True)
@@ -280,3 +280,17 @@ def test_format_table():
     sparse = fp.weak_form_check(lambda t, n, g: torch.randn(n, 1, generator=g, dtype=torch.float64) ** 9 * (1 + t), lambda t, x: x / (1 + t),
                                 0.0, 0.5, "polynomial", n=2000)
     assert sparse.warning and "note" in checks.format_table([sparse]).splitlines()[0]
+
+
+def test_w1_on_simulated_particles_checks_the_pf_ode_against_its_sde():
+    """W1 with p_t sampled by Euler-Maruyama from p_t0 (§9.2 step 1): particles of the VP SDE satisfy the weak form
+    of the probability-flow ODE (g = 0), which transports the same marginals; the sign-flipped ODE fails."""
+    sde, ode, wrong = checks.get_case("vp"), checks.get_case("vp_ode"), checks.get_case("vp_ode:sign_flip")
+    t0 = 0.05
+    sampler = fp.simulated_sampler(lambda n, g: sde.sample(t0, n, g), sde.drift, sde.g2, t0, steps=150)
+    right = fp.weak_form_check(sampler, ode.drift, 0.0, 0.4, "bumps", n=8000, seed=1, alpha=ALPHA)
+    assert right.passed, str(right)
+    bad = fp.weak_form_check(sampler, wrong.drift, 0.0, 0.4, "bumps", n=8000, seed=1)
+    assert bad.statistic > 5 * bad.threshold, str(bad)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        fp.simulated_sampler(lambda n, g: sde.sample(t0, n, g), sde.drift, sde.g2, t0, steps=0)

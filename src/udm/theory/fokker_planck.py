@@ -384,6 +384,35 @@ def default_step(t: float) -> float:
     return 1e-7 * max(abs(float(t)), 1e-2)
 
 
+def simulated_sampler(
+    sample_0: Callable[[int, rng.GeneratorLike], Tensor], drift: Drift, g2: Diffusion, t0: float = 0.0, steps: int = 400
+) -> Sampler:
+    """A sampler of p_t by Euler-Maruyama from p_t0 (THEORY §9.2 W1 step 1, "or Euler-Maruyama from p_0").
+
+    ``sample(t, n, generator)`` draws x_t0 ~ ``sample_0(n, generator)`` and takes ``steps``
+    equal steps x += f dt + sqrt(g^2 dt) eps to t, drawing everything from the generator
+    in one fixed order, so one seed gives coupled paths at nearby times: the common random
+    numbers of :func:`weak_form_check`. The marginal carries Euler-Maruyama's O(1/steps) weak
+    error. W1 on such particles checks a *second* field against the simulated one, e.g. the
+    probability-flow ODE (g = 0) against particles of its SDE: both must transport the same
+    marginals. The simulating field itself passes by construction.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+    def sample(t: float, n: int, generator: rng.GeneratorLike = None) -> Tensor:
+        gen = rng.as_generator(generator)
+        x = _as_points(sample_0(n, gen), "sample_0(n, generator)")
+        dt = (float(t) - t0) / steps
+        for k in range(steps):
+            tk = t0 + k * dt
+            noise = rng.randn(tuple(x.shape), gen, dtype=torch.float64)
+            x = x + torch.as_tensor(drift(tk, x), dtype=torch.float64) * dt + torch.sqrt(diffusion_value(g2, tk) * abs(dt)) * noise
+        return x
+
+    return sample
+
+
 def _as_points(x: Tensor, what: str) -> Tensor:
     x = torch.as_tensor(x).to(torch.float64)
     if x.ndim != 2:
