@@ -8,7 +8,14 @@ weak- and strong-form Fokker-Planck checkers (§9.2).
 
 from .characteristics import Characteristic, ExactField, LinearPath, StraightLine
 from .continuity import Residual, continuity_residual, space_time_divergence
-from .fokker_planck import CheckResult, integration_by_parts_check, strong_form_check, strong_form_residual, weak_form_check
+from .fokker_planck import (
+    CheckResult,
+    integration_by_parts_check,
+    simulated_sampler,
+    strong_form_check,
+    strong_form_residual,
+    weak_form_check,
+)
 from .gmm import GaussianMixture
 from .green import CDFGreen, GaussianGreen, GravityGreen, GreenField, GreenFunction, ScaleGreen, divergence_residual, normalization
 from .pointmass import PointMasses
@@ -32,6 +39,7 @@ __all__ = [
     "divergence_residual",
     "integration_by_parts_check",
     "normalization",
+    "simulated_sampler",
     "space_time_divergence",
     "strong_form_check",
     "strong_form_residual",
