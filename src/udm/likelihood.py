@@ -247,14 +247,7 @@ def log_likelihood(
     t1: float | None = None,
     prior: Callable[[Tensor], Tensor] | None = None,
     divergence: str = "hutchinson",
-    probes: int = 1,
-    probe: str = "rademacher",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    method: str = "dopri5",
-    variable: str | None = None,
-    generator: rng.GeneratorLike = None,
-    per_sample: bool = True,
+    **solver: object,
 ) -> Likelihood:
     """log p_t0(x0) = log p_T(x_T) + int_t0^T div f dt for a batch (THEORY §5.2, O3).
 
@@ -262,16 +255,15 @@ def log_likelihood(
     t_eps, finite even for singular data), ``t1`` to t_max. ``prior(x_T)``
     returns log p_T per sample; by default :func:`prior_log_prob`, the
     sampler's starting law. For a closed-form check pass the exact marginal.
+    ``divergence`` and ``solver`` (probes, probe, rtol, atol, method, variable,
+    generator, per_sample) are the options of :func:`flow`.
     """
     process = require_linear(denoiser.process, "the likelihood ODE")
     t0 = process.t_eps if t0 is None else float(t0)
     t1 = process.t_max if t1 is None else float(t1)
     if not t0 < t1:
         raise ValueError(f"need t0 < t1, got t0={t0:g}, t1={t1:g}")
-    x_T, delta, nfe = flow(
-        denoiser, x0, t0, t1, divergence=divergence, probes=probes, probe=probe, rtol=rtol, atol=atol,
-        method=method, variable=variable, generator=generator, per_sample=per_sample,
-    )
+    x_T, delta, nfe = flow(denoiser, x0, t0, t1, divergence=divergence, **solver)
     log_p_T = (prior_log_prob(process, x_T, t1) if prior is None else prior(x_T)).to(torch.float64)
     per_probe = log_p_T[:, None] + delta
     k = per_probe.shape[1]
