@@ -472,6 +472,10 @@ def test_config_shapes_and_rates(name: str) -> None:
     assert json.loads(json.dumps(cfg)) == cfg == {"vocab_size": V, "seq_len": L, "schedule": "cosine", "temperature": 0.5}
     assert type(p)(**cfg).config() == cfg and p.name == name
     assert p.output_shape((5, L)) == (5, L, V + 1 if name == "mask" else V)
+    # a token process: the network embeds input_vocab_size ids; only the mask process restricts the loss positions
+    assert isinstance(p, udm.processes.TokenProcess) and p.network_options() == {"vocab_size": p.input_vocab_size}
+    x0, x_t = torch.zeros(2, L, dtype=torch.long), torch.full((2, L), V)
+    assert bool(p.loss_positions(x_t, x0).all()) and p.bind(None) is p and p.fit(x0, seed=0) == {}
     assert (p.t_max, p.t_eps) == (1.0, 1e-3) and (make(name).t_max, make(name).t_eps) == (L, 1)
     assert float(p.rate(1.0)) == 1.0 and float(p.rate(0.0)) == 0.0
     m = p.rate(torch.tensor([0.3, 0.9], dtype=torch.float64))

@@ -7,6 +7,7 @@ import torch
 from scipy import stats
 
 import udm
+from udm.processes.base import REQUIREMENTS, GaussianPath, KernelDensity, LinearPath, TokenProcess, require
 from udm.processes.noise import CDFNoise
 from udm.theory import GaussianGreen, GravityGreen, ScaleGreen
 
@@ -55,3 +56,22 @@ def test_noise_laws_by_name_and_their_errors() -> None:
     uniform = udm.get_process("rectified_flow", noise="uniform")
     with pytest.raises(ValueError, match="Gaussian noise.*UniformNoise"):
         udm.sample(lambda x, t: x, "ddpm", steps=4, shape=(2, 2), process=uniform)
+
+
+def test_require_checks_declared_capabilities() -> None:
+    """require returns the process when it has the capability, else one ValueError naming who needed what (and the hint)."""
+    vp, laplace, mask = udm.get_process("vp"), udm.get_process("edm", noise="laplace"), udm.get_process("mask", vocab_size=3, seq_len=4)
+    assert require(vp, GaussianPath, "x") is vp and require(laplace, LinearPath, "x") is laplace
+    assert isinstance(laplace, KernelDensity) and require(mask, TokenProcess, "x") is mask
+    with pytest.raises(ValueError, match=r"^the thing needs a linear process \(x_t = alpha x0 \+ sigma eps\), got 'mask'; try vp$"):
+        require(mask, LinearPath, "the thing", "try vp")
+    with pytest.raises(ValueError, match=r"^the thing needs a linear process .*got 'mask'$"):
+        require(mask, GaussianPath, "the thing")
+    with pytest.raises(ValueError, match=r"^the SDE needs Gaussian noise eps ~ N\(0, I\), but process 'edm' draws eps from Laplace"):
+        require(laplace, GaussianPath, "the SDE")
+    for capability in REQUIREMENTS:
+        if capability not in (LinearPath, GaussianPath):
+            with pytest.raises(ValueError, match=r"^X needs .*, got process 'blur'$"):
+                require(udm.get_process("blur", timesteps=4), capability, "X")
+    with pytest.raises(TypeError, match="unknown capability"):
+        require(vp, int, "X")

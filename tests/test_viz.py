@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from udm import viz
+from udm.atomic import atomic_open, write_atomic
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -161,3 +162,15 @@ def test_plots_do_not_use_pyplot(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert (tmp_path / "p.png").is_file()
+
+
+def test_atomic_writes_replace_whole_files_or_nothing(tmp_path: Path) -> None:
+    """udm.atomic: the target is the complete new file, or untouched after an error; no temporary file is left."""
+    target = tmp_path / "sub" / "f.bin"
+    assert write_atomic(target, b"old") == target and target.read_bytes() == b"old"
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_open(target) as f:
+            f.write(b"half")
+            raise RuntimeError("boom")
+    assert target.read_bytes() == b"old" and [p.name for p in target.parent.iterdir()] == ["f.bin"]
+    assert (target.stat().st_mode & 0o777) == 0o644

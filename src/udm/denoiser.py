@@ -31,8 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .processes.base import Process, time_tensor
-from .processes.gaussian import require_gaussian, require_linear
+from .processes.base import GaussianPath, LinearPath, Process, require, time_tensor
 from .registry import Registry
 
 Tensor = torch.Tensor
@@ -67,11 +66,11 @@ class Parameterization:
         return {}
 
 
-def _gaussian(process: Process, name: str) -> Process:
+def _gaussian(process: Process, name: str) -> LinearPath:
     """The process if it is linear (alpha_t, sigma_t); the score additionally needs eps ~ N(0, I)."""
     if name == "score":
-        return require_gaussian(process, "the 'score' parameterization (score = -eps/sigma holds for Gaussian noise only)")
-    return require_linear(process, f"the {name!r} parameterization")
+        return require(process, GaussianPath, "the 'score' parameterization (score = -eps/sigma holds for Gaussian noise only)")
+    return require(process, LinearPath, f"the {name!r} parameterization")
 
 
 class EpsParameterization(Parameterization):
@@ -166,7 +165,7 @@ class PFGMParameterization(Parameterization):
         self.gamma, self.sigma_data = float(gamma), float(sigma_data)
 
     def _z(self, process: Process, t: Tensor) -> Tensor:
-        p = require_linear(process, "the 'pfgm' parameterization")
+        p = require(process, LinearPath, "the 'pfgm' parameterization")
         if not bool((p.alpha(t) == 1).all()):
             raise ValueError(f"the 'pfgm' parameterization needs alpha_t = 1 (z = sigma_t), as in PFGM; process {process.name!r} has alpha != 1")
         return p.sigma(t)

@@ -30,8 +30,7 @@ import torch
 from torch import nn
 
 from .denoiser import Denoiser
-from .processes.base import time_tensor
-from .processes.gaussian import require_linear
+from .processes.base import LinearPath, require, time_tensor
 from .registry import Registry
 
 Tensor = torch.Tensor
@@ -84,7 +83,7 @@ class ClassifierFreeGuidance(nn.Module):
         guided = x0_u + (1.0 + self.w) * (x0_c - x0_u)
         if self.interval is None:
             return guided
-        st = require_linear(self.process, "a guidance interval").sigma_tilde(time_tensor(t, x)).to(x.device)
+        st = require(self.process, LinearPath, "a guidance interval").sigma_tilde(time_tensor(t, x)).to(x.device)
         return torch.where((st >= self.interval[0]) & (st <= self.interval[1]), guided, x0_c)
 
 
@@ -98,7 +97,7 @@ class GradientGuidance(nn.Module):
     def __init__(self, denoiser: Denoiser, log_f: Callable[[Tensor, Tensor, object], Tensor], gamma: float = 1.0) -> None:
         super().__init__()
         self.denoiser, self.log_f, self.gamma = denoiser, log_f, float(gamma)
-        self.process = require_linear(denoiser.process, "gradient guidance")
+        self.process = require(denoiser.process, LinearPath, "gradient guidance")
 
     def gradient(self, x: Tensor, t: float | Tensor, cond: object) -> Tensor:
         """grad_x log f(x_t, t, y), by autograd."""

@@ -6,8 +6,8 @@ every valid name, so a typo never ends in a stack trace from deep inside torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -30,12 +30,25 @@ class Registry(Generic[T]):
 
         return add if obj is None else add(obj)
 
+    def unregister(self, name: str) -> T:
+        """Remove and return the object named ``name`` (a plugin's tests clean up with it)."""
+        self.get(name)
+        return self._items.pop(name)
+
     def get(self, name: str) -> T:
         """Return the object named ``name`` or raise a ValueError listing the valid names."""
         if not isinstance(name, str) or name not in self._items:
             valid = ", ".join(sorted(self._items))
             raise ValueError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}")
         return self._items[name]
+
+    def build(self, spec: str | Mapping[str, Any] | None, default: str, instance_of: type | None = None) -> Any:
+        """The object ``spec`` names, built: a name, a ``{"name": ..., **options}`` mapping, None (``default``),
+        or an instance of ``instance_of`` passed through (configs and Python callers use the same specs)."""
+        if instance_of is not None and isinstance(spec, instance_of):
+            return spec
+        options = {"name": spec} if isinstance(spec, str) else dict(spec or {})
+        return self.get(options.pop("name", default))(**options)
 
     def names(self) -> list[str]:
         """All registered names, sorted."""

@@ -7,9 +7,10 @@ and never pyplot, so no global figure registry or backend switch is touched
 and plotting from a headless job or a thread is safe; matplotlib is imported
 on first use only.
 
-Every writer creates missing parent directories, writes to a temporary file
-in the target directory and ``os.replace``-s it into place, so an interrupted
-run never leaves a half-written picture, and returns the final ``Path``. The
+Every writer goes through :mod:`udm.atomic` (missing parent directories are
+created, the file is written beside the target and ``os.replace``-d into
+place), so an interrupted run never leaves a half-written picture, and returns
+the final ``Path``. The
 format follows the suffix (``.png`` unless the suffix names another format
 PIL or matplotlib can write).
 
@@ -22,15 +23,15 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .atomic import atomic_open, write_atomic
 from .data.base import to_uint8
 
 if TYPE_CHECKING:
@@ -46,23 +47,6 @@ Limits = float | tuple[float, float] | None
 MIN_TILE_PIXELS = 24
 #: scatter plots draw at most this many points per panel (a fixed random subset beyond)
 MAX_SCATTER_POINTS = 20000
-
-
-def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Run ``write`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def _pil_format(path: PathLike) -> str:
@@ -163,7 +147,9 @@ def save_image_grid(
     grid = image_grid(x, nrow=nrow, padding=padding, scale=scale, pad_value=pad_value)
     image = Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid)
     fmt = _pil_format(path)
-    return _atomic_write(path, lambda f: image.save(f, format=fmt))
+    with atomic_open(path) as f:
+        image.save(f, format=fmt)
+    return Path(path)
 
 
 def tokens_to_images(x: Tensor | np.ndarray, image_shape: Sequence[int], vocab_size: int) -> Tensor:
@@ -212,7 +198,7 @@ def save_text_samples(path: PathLike, texts: str | Sequence[str]) -> Path:
             raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
     body = "".join(f"--- sample {i} ---\n{text}\n\n" for i, text in enumerate(samples))
     data = body.encode("utf-8")
-    return _atomic_write(path, lambda f: f.write(data))
+    return write_atomic(path, data)
 
 
 def trajectory_grid(
@@ -293,7 +279,9 @@ def _save_figure(fig: Figure, path: PathLike) -> Path:
     supported = fig.canvas.get_supported_filetypes()
     if suffix not in supported:
         raise ValueError(f"cannot write a plot to {path}: unknown suffix {suffix!r}; use one of {sorted(supported)}")
-    return _atomic_write(path, lambda f: fig.savefig(f, format=suffix))
+    with atomic_open(path) as f:
+        fig.savefig(f, format=suffix)
+    return Path(path)
 
 
 def _scatter(ax: Axes, x: np.ndarray, label: str, lim: tuple[float, float], **style: Any) -> None:

@@ -9,8 +9,21 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from ..registry import Registry
-from .base import NotInvertible, Process, time_tensor
+from .base import (
+    REQUIREMENTS,
+    ELBOWeighted,
+    FieldPerturbation,
+    GaussianPath,
+    KernelDensity,
+    LinearPath,
+    NotInvertible,
+    Process,
+    TokenProcess,
+    TokenProcessBase,
+    require,
+    time_tensor,
+)
+from .catalog import PROCESSES
 from .blur import BlurProcess
 from .cold import ColdProcess, SeparableColdProcess
 from .discrete import DiscreteProcess
@@ -34,12 +47,9 @@ from .gaussian import (
     VPLinearSchedule,
     VPSchedule,
     ddpm_betas,
-    require_gaussian,
-    require_linear,
 )
 from .noise import NOISES, CDFNoise, GaussianNoise, LaplaceNoise, NoiseLaw, StudentTNoise, UniformNoise, get_noise
 
-PROCESSES: Registry[Callable[..., Process]] = Registry("process")
 
 
 
@@ -149,7 +159,15 @@ __all__ = [
     "UniformNoise",
     "get_noise",
     "linear_process",
-    "require_linear",
+    "require",
+    "REQUIREMENTS",
+    "LinearPath",
+    "GaussianPath",
+    "TokenProcess",
+    "TokenProcessBase",
+    "ELBOWeighted",
+    "FieldPerturbation",
+    "KernelDensity",
     "NotInvertible",
     "Process",
     "RectifiedFlowSchedule",
@@ -160,7 +178,6 @@ __all__ = [
     "VPLinearSchedule",
     "VPSchedule",
     "ddpm_betas",
-    "require_gaussian",
     "get_process",
     "time_tensor",
 ]

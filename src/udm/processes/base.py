@@ -24,6 +24,17 @@ the sampler's generator: for discrete processes F_t^{-1} is a conditional law
 (which positions were corrupted is visible, their order is not), so the
 recovered noise is a draw from it.
 
+Three more hooks, with defaults, are all the assembly layer (``udm.training``)
+asks of a process: ``fit(x, seed=...)`` (options learned from the training
+data), ``bind(net)`` (the process to use with a given network) and
+``network_options()`` (options the process dictates to its network).
+
+What only some processes can do is declared as a capability, a
+``typing.Protocol`` below (:class:`LinearPath`, :class:`GaussianPath`,
+:class:`TokenProcess`, :class:`ELBOWeighted`, :class:`FieldPerturbation`,
+:class:`KernelDensity`); code that needs one calls :func:`require` once,
+which returns the process or raises one clear error.
+
 Time conventions, shared by all processes: ``t_min`` is the clean-data end
 (x_{t_min} = x0), ``t_max`` the prior end, and ``t_eps`` the smallest positive
 time a default grid visits before its final step to ``t_min``.
@@ -33,10 +44,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import torch
+from torch import nn
 
 from .. import rng
+
+if TYPE_CHECKING:
+    from .noise import NoiseLaw
 
 
 class NotInvertible(ValueError):
@@ -125,13 +141,30 @@ class Process(ABC):
         """The shape the denoiser returns for x_t of shape ``state_shape`` (x0_hat: the same by default)."""
         return tuple(state_shape)
 
-    def default_grid(self, steps: int) -> torch.Tensor:
-        """The time grid samplers use when none is given: ``steps + 1`` decreasing times."""
-        from ..samplers.grids import get_grid
-
-        return get_grid(self.default_grid_name, self, steps)
-
+    #: The registered grid (``udm.samplers.get_grid``) samplers use when none is given.
     default_grid_name: str = "uniform"
+
+    # --- assembly hooks: what the experiment layer asks of any process, with defaults ----------
+    def fit(self, x: torch.Tensor, *, seed: int) -> dict[str, Any]:
+        """Options learned from the training data ``x``, to record in the config so a checkpoint rebuilds the process.
+
+        Nothing to learn by default; the cold processes fit their generation
+        prior (THEORY §4.2) and PFGM its perturbation range (THEORY §6.2) here,
+        returning ``{}`` once those are given.
+        """
+        return {}
+
+    def bind(self, net: nn.Module) -> Process:
+        """The process to use with the network ``net``: this one by default (the encoder model binds F, THEORY §4.5)."""
+        return self
+
+    def network_options(self) -> dict[str, Any]:
+        """Options this process dictates to its denoising network (filled in where the config leaves them out).
+
+        None by default; token processes give the vocabulary the network embeds,
+        the encoder model also the latent size.
+        """
+        return {}
 
     def check_times(self, times: torch.Tensor) -> torch.Tensor:
         """Validate a sampler's time grid: 1-D, at least two points, strictly decreasing, inside the domain."""
@@ -157,3 +190,146 @@ class Process(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, t in [{self.t_min:g}, {self.t_max:g}])"
+
+
+class TokenProcessBase(Process):
+    """Defaults for processes over token ids x0 in [0, vocab_size): with them a process is a :class:`TokenProcess`.
+
+    The network embeds ``input_vocab_size`` ids (the data's by default; the mask
+    process adds [MASK]) and the cross-entropy counts every position unless
+    ``loss_positions`` says otherwise (THEORY §4.3-§4.5).
+    """
+
+    vocab_size: int
+
+    @property
+    def input_vocab_size(self) -> int:
+        """How many ids the network embeds: the data vocabulary by default."""
+        return self.vocab_size
+
+    def loss_positions(self, x_t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Where the cross-entropy counts, a bool mask of x0's shape: every position by default."""
+        return torch.ones(x0.shape, dtype=torch.bool, device=x0.device)
+
+    def network_options(self) -> dict[str, Any]:
+        """The network embeds ``input_vocab_size`` ids."""
+        return {"vocab_size": self.input_vocab_size}
+
+
+# --- declared capabilities ----------------------------------------------------------------------
+
+
+@runtime_checkable
+class LinearPath(Protocol):
+    """x_t = alpha_t x0 + sigma_t eps with eps ~ ``noise``, any law (THEORY §4.1, §7.4, §8.1).
+
+    Coefficients take a float or tensor time and return float64 tensors.
+    ``sigma_tilde`` = sigma/alpha is the noise level of x_t / alpha_t (THEORY §5.2).
+    """
+
+    name: str
+    noise: NoiseLaw
+
+    def alpha(self, t: float | torch.Tensor) -> torch.Tensor: ...
+
+    def sigma(self, t: float | torch.Tensor) -> torch.Tensor: ...
+
+    def dalpha(self, t: float | torch.Tensor) -> torch.Tensor: ...
+
+    def dsigma(self, t: float | torch.Tensor) -> torch.Tensor: ...
+
+    def log_snr(self, t: float | torch.Tensor) -> torch.Tensor: ...
+
+    def t_from_log_snr(self, log_snr: float | torch.Tensor) -> torch.Tensor: ...
+
+    def dlog_snr(self, t: float | torch.Tensor) -> torch.Tensor: ...
+
+    def sigma_tilde(self, t: float | torch.Tensor) -> torch.Tensor: ...
+
+    def t_from_sigma_tilde(self, sigma_tilde: float | torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class GaussianPath(LinearPath, Protocol):
+    """A linear path with eps ~ N(0, I): the forward SDE and the DDPM posterior exist (THEORY §4.1, §9.3).
+
+    :func:`require` also checks ``noise_is_standard_normal``.
+    """
+
+    noise_is_standard_normal: bool
+
+    def sde(self, t: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def posterior(
+        self, x_t: torch.Tensor, x0: torch.Tensor, t: float | torch.Tensor, s: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@runtime_checkable
+class TokenProcess(Protocol):
+    """A process over token ids whose denoiser returns logits (THEORY §4.3-§4.5); see :class:`TokenProcessBase`."""
+
+    name: str
+    vocab_size: int
+    input_vocab_size: int
+
+    def loss_positions(self, x_t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ELBOWeighted(Protocol):
+    """A process whose cross-entropy, weighted by ``elbo_weight(t)``, bounds -log p(x0) (THEORY §4.4)."""
+
+    name: str
+
+    def elbo_weight(self, t: float | torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class FieldPerturbation(Protocol):
+    """PFGM's perturbation P1: ``perturb(x0, generator) -> (z, eps)`` (THEORY §6.2)."""
+
+    name: str
+
+    def perturb(self, x0: torch.Tensor, generator: rng.GeneratorLike = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@runtime_checkable
+class KernelDensity(Protocol):
+    """A process with the exact transition density ``log_kernel(x_t, x0, t)`` = log p_t(x_t | x0) (THEORY §8.1)."""
+
+    name: str
+
+    def log_kernel(self, x_t: torch.Tensor, x0: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor: ...
+
+
+#: What each capability's error says is missing: ``{what}`` needed it, ``{name}`` is the process.
+REQUIREMENTS: dict[type, str] = {
+    LinearPath: "{what} needs a linear process (x_t = alpha x0 + sigma eps), got {name!r}",
+    GaussianPath: "{what} needs Gaussian noise eps ~ N(0, I), but process {name!r} draws eps from {noise!r}",
+    TokenProcess: "{what} needs a token process (vocab_size, input_vocab_size, loss_positions), got process {name!r}",
+    ELBOWeighted: "{what} needs a process with an ELBO weight (elbo_weight(t), e.g. 'mask'), got process {name!r}",
+    FieldPerturbation: "{what} needs PFGM's perturbation (process 'pfgm'), got process {name!r}",
+    KernelDensity: "{what} needs a process with an exact transition density (log_kernel), got process {name!r}",
+}
+
+C = TypeVar("C")
+
+
+def require(process: Process, capability: type[C], what: str, hint: str = "") -> C:
+    """``process`` if it has ``capability`` (one of :data:`REQUIREMENTS`), else a ValueError naming ``what`` needed it.
+
+    A :class:`GaussianPath` must first be a :class:`LinearPath` (that error comes
+    first) and draw eps ~ N(0, I) (``noise_is_standard_normal``). ``hint``, if
+    given, is appended to the message.
+    """
+    if capability not in REQUIREMENTS:
+        raise TypeError(f"unknown capability {capability!r}; known: {', '.join(c.__name__ for c in REQUIREMENTS)}")
+    gaussian = capability is GaussianPath
+    if gaussian:
+        require(process, LinearPath, what, hint)
+    if not (isinstance(process, capability) and (not gaussian or process.noise_is_standard_normal)):
+        noise = process.noise if gaussian else None
+        message = REQUIREMENTS[capability].format(what=what, name=process.name, noise=noise)
+        raise ValueError(message + (f"; {hint}" if hint else ""))
+    return process

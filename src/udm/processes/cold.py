@@ -176,6 +176,10 @@ class ColdProcess(Process):
         self._set_prior(options["prior_weights"], options["prior_means"], options["prior_stds"])
         return options
 
+    def fit(self, x: Tensor, *, seed: int) -> dict[str, Any]:
+        """The generation prior fitted to training images ``x`` (:meth:`fit_prior`), or ``{}`` when it is given."""
+        return {} if self.has_prior else self.fit_prior(x, seed=seed)
+
     def config(self) -> dict[str, Any]:
         """The constructor options (JSON-able): ``type(p)(**p.config())`` rebuilds the process."""
         out: dict[str, Any] = {

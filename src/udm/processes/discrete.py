@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import rng
-from .base import Process
+from .base import TokenProcessBase
 
 Tensor = torch.Tensor
 
@@ -69,7 +69,7 @@ def key_ranks(keys: Tensor) -> Tensor:
     return torch.argsort(torch.argsort(keys, dim=-1), dim=-1)
 
 
-class DiscreteProcess(Process):
+class DiscreteProcess(TokenProcessBase):
     """Corrupt a uniformly random subset of the positions of a token sequence (THEORY §4.3, §4.4).
 
     This base holds the schedule, the keys and their conditional law
@@ -106,11 +106,6 @@ class DiscreteProcess(Process):
             self.t_max, self.t_eps = float(seq_len), 1.0
         else:
             self.t_max, self.t_eps = 1.0, 1e-3
-
-    @property
-    def input_vocab_size(self) -> int:
-        """How many ids x_t can hold: the vocabulary the network embeds."""
-        return self.vocab_size
 
     def config(self) -> dict:
         """The constructor options (JSON-able), for checkpoints and ``repr``."""

@@ -16,7 +16,7 @@ F of the decoder's probabilities is the posterior mean of F(x0), which makes
 K1 with ``x0_estimate="mean"`` DDIM in latent space (THEORY §4.1, DDIM row).
 
 The encoder is a trained module, so the process holds no weights of its own:
-:meth:`EncoderProcess.bound` returns a copy that uses ``net.encoder``. The
+:meth:`EncoderProcess.bind` returns a copy that uses ``net.encoder``. The
 trainer binds the raw network for training and the EMA copy for sampling.
 """
 
@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from .. import rng
-from .base import Process, time_tensor
+from .base import TokenProcessBase, time_tensor
+from .catalog import PROCESSES
 from .gaussian import GaussianProcess
 
 Tensor = torch.Tensor
@@ -51,7 +52,7 @@ def _unwrap_encoder(net: nn.Module) -> nn.Module | None:
     return None
 
 
-class EncoderProcess(Process):
+class EncoderProcess(TokenProcessBase):
     """x_t = alpha_t F(x0) + sigma_t eps over tokens, F trainable (THEORY §4.5).
 
     * ``vocab_size``: the number of token ids; x0 holds ids in [0, vocab_size).
@@ -66,7 +67,7 @@ class EncoderProcess(Process):
       categorical draw of token ids (the exact-posterior variant of §3.1,
       consequence 2).
 
-    Use :meth:`bound` to attach a network's encoder before corrupting or sampling.
+    Use :meth:`bind` to attach a network's encoder before corrupting or sampling.
     """
 
     name = "encoder"
@@ -80,8 +81,6 @@ class EncoderProcess(Process):
         x0_estimate: str = "mean",
         **schedule_options: Any,
     ) -> None:
-        from . import PROCESSES
-
         if not isinstance(vocab_size, int) or vocab_size < 2:
             raise ValueError(f"vocab_size must be an integer >= 2, got {vocab_size!r}")
         if not isinstance(latent_dim, int) or latent_dim < 1:
@@ -113,7 +112,7 @@ class EncoderProcess(Process):
         self.encoder: nn.Module | None = None
 
     # --- the encoder F ------------------------------------------------------------------------------
-    def bound(self, net: nn.Module) -> EncoderProcess:
+    def bind(self, net: nn.Module) -> EncoderProcess:
         """A copy of this process whose encoder F is ``net.encoder`` (this process is left unchanged).
 
         Functional on purpose: the trainer binds the raw network for the loss
@@ -137,11 +136,15 @@ class EncoderProcess(Process):
         out.encoder = encoder
         return out
 
+    def network_options(self) -> dict[str, Any]:
+        """The network embeds the data vocabulary and its encoder F maps it to ``latent_dim`` (THEORY §4.5)."""
+        return {**super().network_options(), "latent_dim": self.latent_dim}
+
     def encode(self, x0: Tensor) -> Tensor:
         """F(x0): token ids (B, *positions) or probabilities (B, *positions, V) -> latents (B, *positions, d)."""
         if self.encoder is None:
             raise ValueError(
-                "this encoder process is not bound to a network: call process.bound(net) with a network that has an "
+                "this encoder process is not bound to a network: call process.bind(net) with a network that has an "
                 "`encoder` (e.g. LatentTransformer) before corrupting, training or sampling"
             )
         if x0.is_floating_point():

@@ -453,26 +453,6 @@ class HeatSchedule(Schedule):
         return {"sigma": self.formula, "t_max": self.t_max, "t_eps": self.t_eps}
 
 
-def require_linear(process: Process, what: str, hint: str = "") -> "LinearProcess":
-    """``process`` if it offers alpha_t and sigma_t (x_t = alpha x0 + sigma eps, any noise), else a clear error."""
-    if not (hasattr(process, "alpha") and hasattr(process, "sigma")):
-        raise ValueError(
-            f"{what} needs a linear process (x_t = alpha x0 + sigma eps), got {process.name!r}" + (f"; {hint}" if hint else "")
-        )
-    return process
-
-
-def require_gaussian(process: Process, what: str, hint: str = "") -> "GaussianProcess":
-    """``process`` if it is linear with eps ~ N(0, I), else one clear error naming ``what`` needed it."""
-    require_linear(process, what, hint)
-    if not process.noise_is_standard_normal:
-        raise ValueError(
-            f"{what} needs Gaussian noise eps ~ N(0, I), but process {process.name!r} draws eps from {process.noise!r}"
-            + (f"; {hint}" if hint else "")
-        )
-    return process
-
-
 class LinearProcess(Process):
     """x_t = alpha_t x0 + sigma_t eps for any :class:`Schedule` and any noise law q (THEORY §4.1, §7.4, §8.1).
 

@@ -275,11 +275,4 @@ for _cls in (GaussianNoise, UniformNoise, LaplaceNoise, StudentTNoise, CDFNoise)
 
 def get_noise(spec: str | dict | NoiseLaw | None) -> NoiseLaw:
     """A noise law from a name, a ``{"name": ..., **options}`` dict, or an instance (None: N(0, I))."""
-    if isinstance(spec, NoiseLaw):
-        return spec
-    if spec is None:
-        return GaussianNoise()
-    if isinstance(spec, str):
-        return NOISES.get(spec)()
-    opts = dict(spec)
-    return NOISES.get(opts.pop("name", "gaussian"))(**opts)
+    return NOISES.build(spec, "gaussian", NoiseLaw)

@@ -123,6 +123,10 @@ class PFGMProcess(LinearProcess):
         self.t_max = float(fitted["z_max"])
         return fitted
 
+    def fit(self, x: Tensor, *, seed: int) -> dict[str, Any]:
+        """P1's range fitted to training data ``x`` (:meth:`fit_prior`), or ``{}`` when M is given (THEORY §6.2)."""
+        return {} if self.has_prior else self.fit_prior(x, seed=seed)
+
     def perturb(self, y: Tensor, generator: rng.GeneratorLike = None) -> tuple[Tensor, Tensor]:
         """P1 (THEORY §6.2): (z, eps) with z = |eps_z| (1+tau)^m and y + z eps = y + |eps_x| (1+tau)^m u.
 

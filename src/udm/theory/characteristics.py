@@ -34,7 +34,7 @@ import torch
 from torchdiffeq import odeint
 
 from .. import rng
-from .continuity import continuity_residual
+from .continuity import continuity_residual, exact_divergence, jacobian_rows
 
 Tensor = torch.Tensor
 EndpointMap = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -86,28 +86,6 @@ def _check_times(t: TimeLike, n: int, T: float, device: torch.device) -> Tensor:
     return t
 
 
-def _rowwise_jacobian(out: Tensor, wrt: Tensor) -> Tensor:
-    """``d out[i, k] / d wrt[i, ...]`` for row-wise maps, shape ``(n, k, *wrt.shape[1:])``, with graph.
-
-    A coordinate that ``out`` does not depend on gets zeros.
-    """
-    rows = []
-    for k in range(out.shape[1]):
-        (g,) = torch.autograd.grad(out[:, k].sum(), wrt, create_graph=True, allow_unused=True)
-        rows.append(torch.zeros_like(wrt) if g is None else g)
-    return torch.stack(rows, 1)
-
-
-def _exact_divergence(f: Tensor, x: Tensor) -> Tensor:
-    """``tr(d f / d x)`` row by row, exact (one backward pass per coordinate), with graph."""
-    total = torch.zeros(f.shape[0], dtype=f.dtype, device=f.device)
-    for k in range(f.shape[1]):
-        (g,) = torch.autograd.grad(f[:, k].sum(), x, create_graph=True, allow_unused=True)
-        if g is not None:
-            total = total + g[:, k]
-    return total
-
-
 class Characteristic:
     """C1 (THEORY §8.2): velocity and conditional density from an endpoint map ``phi_t(x | x0) = x_T``.
 
@@ -152,8 +130,8 @@ class Characteristic:
     def _jacobians(self, t: Tensor, x: Tensor, x0: Tensor, with_time: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
         """``phi``, ``d phi / d x`` ``(n, d, d)`` and ``d phi / d t`` ``(n, d)``, all with graphs to ``t``, ``x``."""
         phi = self._endpoint(t, x, x0)
-        jx = _rowwise_jacobian(phi, x)
-        jt = _rowwise_jacobian(phi, t) if with_time else None
+        jx = jacobian_rows(phi, x, create_graph=True)
+        jt = jacobian_rows(phi, t, create_graph=True) if with_time else None
         return phi, jx, jt
 
     def _velocity(self, t: Tensor, x: Tensor, x0: Tensor) -> Tensor:
@@ -163,7 +141,7 @@ class Characteristic:
 
     def _velocity_divergence(self, t: Tensor, x: Tensor, x0: Tensor) -> tuple[Tensor, Tensor]:
         f = self._velocity(t, x, x0)
-        return f, _exact_divergence(f, x)
+        return f, exact_divergence(f, x, create_graph=True)
 
     def _log_density_direct(self, t: Tensor, x: Tensor, x0: Tensor) -> Tensor:
         phi, jx, _ = self._jacobians(t, x, x0, with_time=False)
@@ -331,13 +309,13 @@ class LinearPath(Characteristic):
             tc = _grad_leaf(t[:, None])
             m, s = self._mu_sigma(tc, x0)
             if self.dmu is None:
-                dm = _rowwise_jacobian(m, tc)[..., 0]
+                dm = jacobian_rows(m, tc, create_graph=True)[..., 0]
             else:
                 dm = _f64(self.dmu(tc, x0))
                 if dm.shape != (n, d):
                     raise ValueError(f"dmu(t, x0) must return shape {(n, d)}, got {tuple(dm.shape)}")
             if self.dsigma is None:
-                ds = _rowwise_jacobian(s, tc)[..., 0]
+                ds = jacobian_rows(s, tc, create_graph=True)[..., 0]
             else:
                 ds = _f64(self.dsigma(tc))
                 if ds.numel() != n:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from .. import rng
-from ..processes.base import Process
+from ..processes.base import KernelDensity, Process, require
 from ..processes.discrete import sample_categorical
 
 Tensor = torch.Tensor
@@ -116,8 +116,7 @@ class EnumeratedSequences:
         ValueError if ``strict``. An x_t that no sequence can produce always
         raises.
         """
-        if not hasattr(process, "log_kernel"):
-            raise ValueError(f"process {process.name!r} has no transition law log_kernel(x_t, x0, t)")
+        process = require(process, KernelDensity, "the exact posterior over sequences")
         tt = torch.as_tensor(t, dtype=torch.float64, device=x_t.device)
         key = x_t.to(torch.float64)
         if tt.ndim:

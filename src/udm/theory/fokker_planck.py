@@ -32,7 +32,7 @@ from statistics import NormalDist
 import torch
 
 from .. import rng
-from .continuity import Residual, space_time_divergence
+from .continuity import Residual, exact_divergence, jacobian_rows, row_gradient, space_time_divergence
 
 Tensor = torch.Tensor
 TimeLike = float | Tensor
@@ -93,14 +93,6 @@ def _leaf(x: Tensor) -> Tensor:
     return x if x.requires_grad else x.detach().to(torch.float64).requires_grad_(True)
 
 
-def _grad_rows(out: Tensor, x: Tensor, create_graph: bool) -> Tensor:
-    """d out[i] / d x[i] for a pointwise map (row i of out depends on row i of x only), shape (n, d)."""
-    if not out.requires_grad:
-        return torch.zeros_like(x)
-    (g,) = torch.autograd.grad(out.sum(), x, create_graph=create_graph, retain_graph=True, allow_unused=True)
-    return torch.zeros_like(x) if g is None else g
-
-
 def gradient(fn: Callable[[Tensor], Tensor], x: Tensor, *, create_graph: bool = False) -> Tensor:
     """grad_x fn at the rows of x by autograd: (n,) outputs give (n, d), (n, K) outputs give (n, K, d).
 
@@ -111,7 +103,7 @@ def gradient(fn: Callable[[Tensor], Tensor], x: Tensor, *, create_graph: bool = 
         xx = _leaf(x)
         out = fn(xx)
         cols = out[:, None] if out.ndim == 1 else out
-        g = torch.stack([_grad_rows(cols[:, k], xx, create_graph) for k in range(cols.shape[1])], 1)
+        g = jacobian_rows(cols, xx, create_graph=create_graph)
     g = g if create_graph else g.detach()
     return g[:, 0] if out.ndim == 1 else g
 
@@ -121,7 +113,7 @@ def divergence(v: Callable[[Tensor], Tensor], x: Tensor, *, create_graph: bool =
     with torch.enable_grad():
         xx = _leaf(x)
         out = v(xx)
-        div = sum(_grad_rows(out[:, i], xx, create_graph)[:, i] for i in range(xx.shape[1]))
+        div = exact_divergence(out, xx, create_graph=create_graph)
     return div if create_graph else div.detach()
 
 
@@ -131,7 +123,7 @@ def laplacian(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         xx = _leaf(x)
         g = gradient(fn, xx, create_graph=True)
         cols = g[:, None] if g.ndim == 2 else g
-        lap = torch.stack([sum(_grad_rows(cols[:, k, i], xx, False)[:, i] for i in range(xx.shape[1])) for k in range(cols.shape[1])], 1)
+        lap = torch.stack([exact_divergence(cols[:, k], xx) for k in range(cols.shape[1])], 1)
     lap = lap.detach()
     return lap[:, 0] if g.ndim == 2 else lap
 
@@ -571,8 +563,8 @@ def time_derivative(density: Density, t: TimeLike, x: Tensor) -> Tensor:
     x = _as_points(torch.as_tensor(x), "x").detach()
     with torch.enable_grad():
         tt = _times(t, x).detach().clone().requires_grad_(True)
-        (dt,) = torch.autograd.grad(density(tt, x).sum(), tt, allow_unused=True)
-    return torch.zeros_like(tt) if dt is None else dt.detach()
+        dt = row_gradient(density(tt, x), tt)
+    return dt.detach()
 
 
 def strong_form_check(

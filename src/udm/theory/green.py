@@ -239,15 +239,33 @@ class GreenFunction(ABC):
         """
         self._check_method(method)
         tt = _as_time(t, n)
-        u = rng.rand((n,), rng.as_generator(generator), dtype=torch.float64)
+        gen = rng.as_generator(generator)
+        if method == "auto" and (radius := self._exact_radius(tt, n, gen)) is not None:
+            return radius
+        u = rng.rand((n,), gen, dtype=torch.float64)
         return inverse_cdf(lambda r: self._psi(tt, r), u)
 
     def sample(self, t: TimeLike, x0: Tensor, generator: rng.GeneratorLike = None, *, method: str = "auto") -> Tensor:
-        """x_t ~ p_t(. | x0): x0 + R u with R ~ psi_t and u uniform on the sphere (§7.1 "kernel sampling"), shape (n, d)."""
+        """x_t ~ p_t(. | x0), shape (n, d) (§7.1 "kernel sampling").
+
+        ``auto`` uses a closed-form sampler where the subclass has one; otherwise
+        x0 + R u with R ~ psi_t (:meth:`sample_radius`) and u uniform on the sphere.
+        """
+        self._check_method(method)
         x0 = _as_points(x0, self.d, "x0")
         gen = rng.as_generator(generator)
+        if method == "auto" and (x := self._exact_sample(_as_time(t, x0.shape[0], x0.device), x0, gen)) is not None:
+            return x
         radius = self.sample_radius(t, x0.shape[0], gen, method=method).to(x0.device)
         return x0 + radius[:, None] * _uniform_directions(x0.shape[0], self.d, gen, x0.device)
+
+    def _exact_radius(self, t: Tensor, n: int, generator: rng.GeneratorLike) -> Tensor | None:
+        """n radii R ~ psi_t by a closed-form sampler, or None where there is none (then psi_t is inverted numerically)."""
+        return None
+
+    def _exact_sample(self, t: Tensor, x0: Tensor, generator: rng.GeneratorLike) -> Tensor | None:
+        """x_t ~ p_t(. | x0) by a closed-form sampler, or None where there is none (then x0 + R u)."""
+        return None
 
 
 class CDFGreen(GreenFunction):
@@ -413,24 +431,15 @@ class GravityGreen(GreenFunction):
         t, x, x0 = self._prepare(t, x, x0)
         return (x - x0) / t[:, None]
 
-    def sample_radius(self, t: TimeLike, n: int, generator: rng.GeneratorLike = None, *, method: str = "auto") -> Tensor:
-        """R = t |eps_x| / |eps_t| (``auto``) or the numeric inverse of psi_t."""
-        self._check_method(method)
-        if method == "numeric":
-            return super().sample_radius(t, n, generator, method=method)
-        tt = _as_time(t, n)
-        eps = rng.randn((n, self.d + 1), rng.as_generator(generator), dtype=torch.float64)
-        return tt * torch.linalg.vector_norm(eps[:, :-1], dim=1) / eps[:, -1].abs()
+    def _exact_radius(self, t: Tensor, n: int, generator: rng.GeneratorLike) -> Tensor:
+        """R = t |eps_x| / |eps_t|, eps ~ N(0, I_{d+1})."""
+        eps = rng.randn((n, self.d + 1), generator, dtype=torch.float64)
+        return t * torch.linalg.vector_norm(eps[:, :-1], dim=1) / eps[:, -1].abs()
 
-    def sample(self, t: TimeLike, x0: Tensor, generator: rng.GeneratorLike = None, *, method: str = "auto") -> Tensor:
-        """x_t = x0 + t eps_x / |eps_t|, eps ~ N(0, I_{d+1}) (``auto``), or x0 + R u with a numeric R."""
-        self._check_method(method)
-        if method == "numeric":
-            return super().sample(t, x0, generator, method=method)
-        x0 = _as_points(x0, self.d, "x0")
-        tt = _as_time(t, x0.shape[0], x0.device)
-        eps = rng.randn((x0.shape[0], self.d + 1), rng.as_generator(generator), dtype=torch.float64, device=x0.device)
-        return x0 + tt[:, None] * eps[:, :-1] / eps[:, -1:].abs()
+    def _exact_sample(self, t: Tensor, x0: Tensor, generator: rng.GeneratorLike) -> Tensor:
+        """x_t = x0 + t eps_x / |eps_t|, eps ~ N(0, I_{d+1})."""
+        eps = rng.randn((x0.shape[0], self.d + 1), generator, dtype=torch.float64, device=x0.device)
+        return x0 + t[:, None] * eps[:, :-1] / eps[:, -1:].abs()
 
 
 # --- Gaussian ------------------------------------------------------------------------------------
@@ -505,24 +514,15 @@ class GaussianGreen(GreenFunction):
         s, ds = self.sigma_and_derivative(t)
         return (ds / s)[:, None] * (x - x0)
 
-    def sample_radius(self, t: TimeLike, n: int, generator: rng.GeneratorLike = None, *, method: str = "auto") -> Tensor:
-        """R = sigma_t |eps|, eps ~ N(0, I_d) (``auto``), or the numeric inverse of psi_t."""
-        self._check_method(method)
-        if method == "numeric":
-            return super().sample_radius(t, n, generator, method=method)
-        tt = _as_time(t, n)
-        eps = rng.randn((n, self.d), rng.as_generator(generator), dtype=torch.float64)
-        return self.sigma(tt) * torch.linalg.vector_norm(eps, dim=1)
+    def _exact_radius(self, t: Tensor, n: int, generator: rng.GeneratorLike) -> Tensor:
+        """R = sigma_t |eps|, eps ~ N(0, I_d)."""
+        eps = rng.randn((n, self.d), generator, dtype=torch.float64)
+        return self.sigma(t) * torch.linalg.vector_norm(eps, dim=1)
 
-    def sample(self, t: TimeLike, x0: Tensor, generator: rng.GeneratorLike = None, *, method: str = "auto") -> Tensor:
-        """x_t = x0 + sigma_t eps (``auto``), or x0 + R u with a numeric R."""
-        self._check_method(method)
-        if method == "numeric":
-            return super().sample(t, x0, generator, method=method)
-        x0 = _as_points(x0, self.d, "x0")
-        tt = _as_time(t, x0.shape[0], x0.device)
-        eps = rng.randn(x0.shape, rng.as_generator(generator), dtype=torch.float64, device=x0.device)
-        return x0 + self.sigma(tt)[:, None] * eps
+    def _exact_sample(self, t: Tensor, x0: Tensor, generator: rng.GeneratorLike) -> Tensor:
+        """x_t = x0 + sigma_t eps, eps ~ N(0, I_d)."""
+        eps = rng.randn(x0.shape, generator, dtype=torch.float64, device=x0.device)
+        return x0 + self.sigma(t)[:, None] * eps
 
 
 # --- point-mass data -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import rng
-from ..processes.base import Process
+from ..processes.base import KernelDensity, Process, require
 
 Tensor = torch.Tensor
 
@@ -38,8 +38,7 @@ class PointMasses:
         return self.points[j]
 
     def _log_joint(self, x: Tensor, t: float | Tensor, process: Process) -> Tensor:
-        if not hasattr(process, "log_kernel"):
-            raise ValueError(f"process {process.name!r} has no transition density log_kernel(x_t, x0, t)")
+        process = require(process, KernelDensity, "the point-mass marginal")
         n, j = x.shape[0], self.points.shape[0]
         xs = x.to(torch.float64).repeat_interleave(j, 0)
         x0 = self.points.to(x.device).repeat(n, 1)

@@ -26,6 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..atomic import write_atomic
+
 FORMAT = "udm-checkpoint/1"
 LATEST = "latest"
 
@@ -50,6 +52,14 @@ class Checkpoint:
     def config(self) -> dict[str, Any]:
         return self.meta["config"]
 
+    @property
+    def run_dir(self) -> Path:
+        """The run folder this checkpoint belongs to (``RUN/checkpoints/step_*``), else the folder that holds it.
+
+        Outputs derived from a checkpoint (``udm sample``'s folders, a reflow data set's name) go there.
+        """
+        return self.path.parent.parent if self.path.parent.name == "checkpoints" else self.path.parent
+
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -65,17 +75,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
