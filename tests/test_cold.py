@@ -106,14 +106,14 @@ def test_k0_and_k2_law_with_noise(name: str) -> None:
     g = torch.Generator().manual_seed(4)
     t, s = p.T, 1
     x_t = p.corrupt(x0, t, p.sample_noise(x0.shape, g, dtype=torch.float64))
-    for kernel, kw in (("K0", {}), ("K2", {"sigma_tilde": 0.6})):
+    for kernel, kw in (("K0", {}), ("K2", {"mix": 0.6})):
         out = KERNELS.get(kernel)(p, x_t, x0, t, s, generator=g, **kw)
         z = (out - p.degrade(x0[:1], s)) / sigma
         assert z.mean(0).abs().max() < 5 / math.sqrt(n), kernel
         assert (z.std(0) - 1).abs().max() < 5 * math.sqrt(0.5 / n), kernel
     # sigma = 0: q is a point mass, so K2 (which mixes standard normals) is refused
     with pytest.raises(ValueError, match="K2"):
-        KERNELS.get("K2")(BUILDERS[name](0.0), x_t, x0, t, s, sigma_tilde=0.5)
+        KERNELS.get("K2")(BUILDERS[name](0.0), x_t, x0, t, s, mix=0.5)
 
 
 # ----------------------------------------------------------------------------- TACoS vs naive
@@ -326,6 +326,10 @@ def test_fitted_prior_matches_channel_means() -> None:
     p = BlurProcess(20, kernel_size=5, std_rate=0.05)
     opts = p.fit_prior(data, components=5, seed=0)
     assert set(opts) == {"prior_weights", "prior_means", "prior_stds"} and len(opts["prior_weights"]) == 5
+    # the assembly hook fits the same options while the prior is missing, then nothing
+    assert BlurProcess(20, kernel_size=5, std_rate=0.05).fit(data, seed=0) == p.fit_prior(data, components=10, seed=0)
+    opts = p.fit_prior(data, components=5, seed=0)
+    assert p.fit(data, seed=0) == {}
     # the config (with the mixture) survives JSON and rebuilds the same process
     q = BlurProcess(**json.loads(json.dumps(p.config())))
     assert q.config() == p.config()
@@ -357,6 +361,7 @@ def test_config_round_trip(name: str) -> None:
     assert not p.has_prior
     p.fit_prior(_images(40, 16), components=2, seed=0)
     assert p.has_prior
+    assert p.fit(_images(40, 16), seed=0) == {}  # the prior is given: nothing left to fit
     q = type(p)(**json.loads(json.dumps(p.config())))
     assert q.config() == p.config() and q.name == p.name and q.t_max == p.T
     x = _images(2, 17)

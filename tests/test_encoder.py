@@ -24,7 +24,7 @@ from torch import nn
 import udm
 from udm.denoiser import TokenDenoiser
 from udm.kernels import KERNELS
-from udm.losses import CrossEntropyLoss
+from udm.objectives import CrossEntropyLoss
 from udm.nets.latent import LatentTransformer, TokenEncoder
 from udm.processes.encoder import EncoderProcess
 
@@ -34,7 +34,7 @@ V, L, D = 3, 4, 4
 def _bound(x0_estimate: str = "mean", dtype: torch.dtype = torch.float32, seed: int = 0, **options):
     torch.manual_seed(seed)
     net = LatentTransformer(V, L, latent_dim=D, hidden=16, depth=1, num_heads=2).to(dtype)
-    return EncoderProcess(V, latent_dim=D, x0_estimate=x0_estimate, **options).bound(net), net
+    return EncoderProcess(V, latent_dim=D, x0_estimate=x0_estimate, **options).bind(net), net
 
 
 def test_shapes_prior_and_config() -> None:
@@ -93,16 +93,16 @@ def test_recover_noise_inverts_corrupt_float64() -> None:
     )
 
 
-@pytest.mark.parametrize(("kernel", "sigma_tilde"), [("K1", 0.0), ("K2", 0.6)])
+@pytest.mark.parametrize(("kernel", "mix"), [("K1", 0.0), ("K2", 0.6)])
 @pytest.mark.parametrize(("t", "s"), [(0.6, 0.5), (0.97, 0.05)])
-def test_kernel_marginal_in_latent_space(kernel: str, sigma_tilde: float, t: float, s: float) -> None:
+def test_kernel_marginal_in_latent_space(kernel: str, mix: float, t: float, s: float) -> None:
     """With the true x0, K1/K2 map x_t ~ p(x_t | x0) to draws of p(x_s | x0) = N(alpha_s F(x0), sigma_s^2 I)."""
     p, _ = _bound(dtype=torch.float64)
     n = 20000
     x0 = torch.tensor([[0, 2, 1, 2]]).expand(n, L)
     x_t = p.corrupt(x0, t, p.sample_noise((n, L, D), 4, dtype=torch.float64))
     with torch.no_grad():
-        x_s = KERNELS.get(kernel)(p, x_t, x0, t, s, sigma_tilde=sigma_tilde, generator=5)
+        x_s = KERNELS.get(kernel)(p, x_t, x0, t, s, mix=mix, generator=5)
         direct = p.corrupt(x0, s, p.sample_noise((n, L, D), 6, dtype=torch.float64))
         mean = float(p.gaussian.alpha(s)) * p.encode(x0[:1])[0]
     sigma_s = float(p.gaussian.sigma(s))
@@ -118,7 +118,7 @@ def test_kernel_marginal_in_latent_space(kernel: str, sigma_tilde: float, t: flo
 
 def test_x0_estimates_and_finish() -> None:
     p_mean, net = _bound("mean")
-    p_sample = EncoderProcess(V, latent_dim=D, x0_estimate="sample").bound(net)
+    p_sample = EncoderProcess(V, latent_dim=D, x0_estimate="sample").bind(net)
     x_t = torch.zeros(3000, L, D)
     logits = torch.tensor([0.0, 1.0, -1.0]).expand(3000, L, V)
     probs = p_mean.estimate_x0(logits, x_t, 0.5)
@@ -146,7 +146,7 @@ def test_sample_returns_tokens_of_the_last_estimate() -> None:
         return 4.0 * nn.functional.one_hot(target, V).float().expand(x.shape[0], L, V)
 
     for kernel in ("K0", "K1", "K2"):
-        out = udm.sample(TokenDenoiser(decoder, p), "udm", steps=4, shape=(6, L), kernel=kernel, sigma_tilde=0.5, generator=0)
+        out = udm.sample(TokenDenoiser(decoder, p), "udm", steps=4, shape=(6, L), kernel=kernel, mix=0.5, generator=0)
         assert out.dtype == torch.long and out.shape == (6, L)
         assert (out == target).all()
 
@@ -188,11 +188,11 @@ def test_unbound_process_and_binding() -> None:
     with pytest.raises(ValueError, match=r"not bound to a network.*`encoder`"):
         unbound.corrupt(x0, 0.5, torch.zeros(2, L, D))
     with pytest.raises(ValueError, match="no `encoder` module"):
-        unbound.bound(nn.Linear(2, 2))
+        unbound.bind(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="latent_dim=5 but the encoder process has latent_dim=4"):
-        unbound.bound(LatentTransformer(V, L, latent_dim=5, hidden=8, depth=1, num_heads=1))
+        unbound.bind(LatentTransformer(V, L, latent_dim=5, hidden=8, depth=1, num_heads=1))
     net = LatentTransformer(V, L, latent_dim=D, hidden=8, depth=1, num_heads=1)
-    bound = unbound.bound(net)
+    bound = unbound.bind(net)
     assert bound is not unbound and unbound.encoder is None and bound.encoder is net.encoder
 
     class Wrapper(nn.Module):
@@ -200,7 +200,10 @@ def test_unbound_process_and_binding() -> None:
             super().__init__()
             self.module = module
 
-    assert unbound.bound(Wrapper(net)).encoder is net.encoder
+    assert unbound.bind(Wrapper(net)).encoder is net.encoder
+    # the network options the process dictates, and the token-process defaults
+    assert unbound.network_options() == {"vocab_size": V, "latent_dim": D}
+    assert unbound.input_vocab_size == V and bool(unbound.loss_positions(torch.zeros(2, L, D), x0).all())
     with pytest.raises(ValueError, match="not bound"):
         udm.sample(TokenDenoiser(net, unbound), "udm", steps=2, shape=(2, L))
 
@@ -237,7 +240,7 @@ def trained():
     torch.manual_seed(0)
     p = _toy_distribution()
     net = LatentTransformer(V, L, latent_dim=D, hidden=32, depth=2, num_heads=2, time_scale=1000.0)
-    process = EncoderProcess(V, latent_dim=D).bound(net)
+    process = EncoderProcess(V, latent_dim=D).bind(net)
     denoiser = TokenDenoiser(net, process)
     loss = CrossEntropyLoss("uniform")
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
@@ -266,13 +269,13 @@ def test_joint_training_updates_the_encoder(trained) -> None:
     assert final_loss < 0.6
 
 
-@pytest.mark.parametrize(("x0_estimate", "kernel", "sigma_tilde"), [("mean", "K1", 0.0), ("sample", "K2", 0.5)])
-def test_end_to_end_samples_match_the_data(trained, x0_estimate: str, kernel: str, sigma_tilde: float) -> None:
+@pytest.mark.parametrize(("x0_estimate", "kernel", "mix"), [("mean", "K1", 0.0), ("sample", "K2", 0.5)])
+def test_end_to_end_samples_match_the_data(trained, x0_estimate: str, kernel: str, mix: float) -> None:
     net, p, _, _, _ = trained
-    process = EncoderProcess(V, latent_dim=D, x0_estimate=x0_estimate).bound(net)
+    process = EncoderProcess(V, latent_dim=D, x0_estimate=x0_estimate).bind(net)
     with torch.no_grad():
         x = udm.sample(
-            TokenDenoiser(net, process), "udm", steps=25, shape=(4000, L), kernel=kernel, sigma_tilde=sigma_tilde, generator=123
+            TokenDenoiser(net, process), "udm", steps=25, shape=(4000, L), kernel=kernel, mix=mix, generator=123
         )
     assert x.dtype == torch.long and x.shape == (4000, L)
     assert int(x.min()) >= 0 and int(x.max()) < V

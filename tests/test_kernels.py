@@ -4,7 +4,7 @@
   p(x_s | x0) for any s < t (moments within Monte-Carlo error, per-coordinate KS);
 * inversion F_t^{-1}(x0, F_t(x0, eps)) = eps;
 * K1 is deterministic, K2(0) = K1, K2(1) = K0, DDIM/DDPM are K2;
-* errors: sigma_tilde outside [0, 1], processes without an inverse or with non-Gaussian q;
+* errors: mix outside [0, 1], the old keyword sigma_tilde, processes without an inverse or with non-Gaussian q;
 * oracle-posterior test: x0_hat drawn from the exact GMM posterior makes the
   'udm' sampler exact with 3 steps; the posterior mean needs many steps.
 """
@@ -32,14 +32,14 @@ KERNEL_CASES = [("K0", None), ("K1", None), ("K2", 0.0), ("K2", 0.3), ("K2", 0.8
 X0 = torch.tensor([[1.3, -0.7, 0.2]], dtype=torch.float64)
 
 
-def _apply(kernel: str, sigma_tilde: float | None, p, x_t, x0, t, s, generator=None):
-    kw = {} if sigma_tilde is None else {"sigma_tilde": sigma_tilde}
+def _apply(kernel: str, mix: float | None, p, x_t, x0, t, s, generator=None):
+    kw = {} if mix is None else {"mix": mix}
     return KERNELS.get(kernel)(p, x_t, x0, t, s, generator=generator, **kw)
 
 
 @pytest.mark.parametrize("name", PROCESS_NAMES)
-@pytest.mark.parametrize("kernel,sigma_tilde", KERNEL_CASES)
-def test_kernel_marginal_with_true_x0(name: str, kernel: str, sigma_tilde: float | None) -> None:
+@pytest.mark.parametrize("kernel,mix", KERNEL_CASES)
+def test_kernel_marginal_with_true_x0(name: str, kernel: str, mix: float | None) -> None:
     p = udm.get_process(name)
     n, d = 20_000, X0.shape[1]
     g = torch.Generator().manual_seed(1234)
@@ -47,7 +47,7 @@ def test_kernel_marginal_with_true_x0(name: str, kernel: str, sigma_tilde: float
     for ft, fs in STEPS:
         t, s = ft * p.t_max, fs * p.t_max
         x_t = p.corrupt(x0, t, torch.randn(n, d, generator=g, dtype=torch.float64))
-        x_s = _apply(kernel, sigma_tilde, p, x_t, x0, t, s, generator=g)
+        x_s = _apply(kernel, mix, p, x_t, x0, t, s, generator=g)
         direct = p.corrupt(x0, s, torch.randn(n, d, generator=g, dtype=torch.float64))
         a_s, s_s = float(p.alpha(s)), float(p.sigma(s))
         # standardized output must be N(0, I): mean within 5 s.e., covariance within 5 s.e.
@@ -111,10 +111,10 @@ def test_k1_deterministic_and_k2_limits(name: str) -> None:
     # the closed form of K1 on a Gaussian process (DDIM)
     a_t, s_t, a_s, s_s = (float(v) for v in (p.alpha(t), p.sigma(t), p.alpha(s), p.sigma(s)))
     torch.testing.assert_close(k1a, a_s * x0_hat + s_s * (x_t - a_t * x0_hat) / s_t, rtol=1e-12, atol=1e-12)
-    # K2 with sigma_tilde = 0 is K1, whatever the generator
+    # K2 with mix = 0 is K1, whatever the generator
     k2_0 = _apply("K2", 0.0, p, x_t, x0_hat, t, s, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(k2_0, k1a, rtol=0, atol=0)
-    # K2 with sigma_tilde = 1 is K0 (same fresh noise for the same seed)
+    # K2 with mix = 1 is K0 (same fresh noise for the same seed)
     k2_1 = _apply("K2", 1.0, p, x_t, x0_hat, t, s, generator=torch.Generator().manual_seed(4))
     k0 = _apply("K0", None, p, x_t, x0_hat, t, s, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(k2_1, k0, rtol=1e-12, atol=1e-12)
@@ -145,18 +145,34 @@ def test_k2_conditional_law(r: float) -> None:
     assert (out.std(0) - std).abs().max() < 5 * std * math.sqrt(0.5 / n) + 1e-12
 
 
-def test_k2_sigma_tilde_out_of_range_raises() -> None:
+def test_k2_mix_out_of_range_raises() -> None:
     p = udm.get_process("vp")
     x = torch.zeros(3, 2, dtype=torch.float64)
     for bad in (-0.1, 1.1, 2.0, float("nan")):
-        with pytest.raises(ValueError, match="sigma_tilde"):
+        with pytest.raises(ValueError, match="K2 needs mix in"):
             _apply("K2", bad, p, x, x, 0.5, 0.2)
     # also through the sampler, with a per-step callable
     gmm = GaussianMixture.isotropic([1.0], [[0.0, 0.0]], 1.0)
-    with pytest.raises(ValueError, match="sigma_tilde"):
-        udm.sample(gmm.denoiser(p), "udm", times=[1.0, 0.5, 0.0], x_T=x, kernel="K2", sigma_tilde=1.5)
-    with pytest.raises(ValueError, match="sigma_tilde"):
-        udm.sample(gmm.denoiser(p), "udm", times=[1.0, 0.5, 0.0], x_T=x, kernel="K2", sigma_tilde=lambda t, s: -0.5)
+    with pytest.raises(ValueError, match="K2 needs mix in"):
+        udm.sample(gmm.denoiser(p), "udm", times=[1.0, 0.5, 0.0], x_T=x, kernel="K2", mix=1.5)
+    with pytest.raises(ValueError, match="K2 needs mix in"):
+        udm.sample(gmm.denoiser(p), "udm", times=[1.0, 0.5, 0.0], x_T=x, kernel="K2", mix=lambda t, s: -0.5)
+
+
+@pytest.mark.parametrize("kernel", ["K0", "K1", "K2"])
+def test_old_sigma_tilde_keyword_names_the_new_one(kernel: str) -> None:
+    """The K2 ratio was the option sigma_tilde (which also means sigma/alpha); passing it now says it is mix."""
+    p = udm.get_process("vp")
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    renamed = "'sigma_tilde' was renamed to 'mix'"
+    with pytest.raises(ValueError, match=renamed):
+        KERNELS.get(kernel)(p, x, x, 0.5, 0.2, sigma_tilde=0.5)
+    den = GaussianMixture.isotropic([1.0], [[0.0, 0.0]], 1.0).denoiser(p)
+    with pytest.raises(ValueError, match=renamed):
+        udm.sample(den, "udm", times=[1.0, 0.5, 0.0], x_T=x, kernel=kernel, sigma_tilde=0.5)
+    for sampler in ("udm_baseline", "udm_deterministic"):
+        with pytest.raises(ValueError, match=renamed):
+            udm.sample(den, sampler, times=[1.0, 0.5, 0.0], x_T=x, sigma_tilde=0.5)
 
 
 class _AbsNoise(Process):
@@ -228,16 +244,16 @@ def test_non_gaussian_noise_rejects_k2_but_allows_k1_k0() -> None:
 
 @pytest.mark.parametrize("name", ["vp", "ddpm", "ve", "edm"])
 def test_ddim_and_ddpm_are_k2(name: str) -> None:
-    """DDIM(eta=0) = K1 = K2(0); DDPM ancestral = DDIM(eta=1) = K2 with sigma_tilde = posterior std / sigma_s."""
+    """DDIM(eta=0) = K1 = K2(0); DDPM ancestral = DDIM(eta=1) = K2 with mix = posterior std / sigma_s."""
     p = udm.get_process(name)
     gmm = GaussianMixture.isotropic([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.5]], 0.3)
     den = gmm.denoiser(p)
     g = torch.Generator().manual_seed(4)
     x_T = float(p.sigma(p.t_max)) * torch.randn(64, 2, generator=g, dtype=torch.float64)
-    times = p.default_grid(8)
+    times = udm.get_grid(p.default_grid_name, p, 8)
     ddim0 = udm.sample(den, "ddim", times=times, x_T=x_T, eta=0.0)
     k1 = udm.sample(den, "udm", times=times, x_T=x_T, kernel="K1")
-    k2 = udm.sample(den, "udm", times=times, x_T=x_T, kernel="K2", sigma_tilde=0.0)
+    k2 = udm.sample(den, "udm", times=times, x_T=x_T, kernel="K2", mix=0.0)
     torch.testing.assert_close(ddim0, k1, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(k2, k1, rtol=0, atol=0)
 
@@ -250,7 +266,7 @@ def test_ddim_and_ddpm_are_k2(name: str) -> None:
 
     ddpm = udm.sample(den, "ddpm", times=times, x_T=x_T, generator=7)
     ddim1 = udm.sample(den, "ddim", times=times, x_T=x_T, eta=1.0, generator=7)
-    k2r = udm.sample(den, "udm", times=times, x_T=x_T, kernel="K2", sigma_tilde=r, generator=7)
+    k2r = udm.sample(den, "udm", times=times, x_T=x_T, kernel="K2", mix=r, generator=7)
     torch.testing.assert_close(ddim1, ddpm, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(k2r, ddpm, rtol=1e-10, atol=1e-10)
     assert not torch.allclose(ddpm, ddim0)
@@ -298,13 +314,13 @@ def null_bound() -> float:
 
 
 @pytest.mark.parametrize("name", ["vp", "ve", "edm", "rectified_flow"])
-@pytest.mark.parametrize("kernel,sigma_tilde", [("K2", 0.5), ("K1", 0.0), ("K0", 0.0), ("K2", 1.0)])
-def test_oracle_posterior_three_steps_is_exact(name: str, kernel: str, sigma_tilde: float, null_bound: float) -> None:
+@pytest.mark.parametrize("kernel,mix", [("K2", 0.5), ("K1", 0.0), ("K0", 0.0), ("K2", 1.0)])
+def test_oracle_posterior_three_steps_is_exact(name: str, kernel: str, mix: float, null_bound: float) -> None:
     p = udm.get_process(name)
     den = MIX.denoiser(p, posterior_sample=True, generator=torch.Generator().manual_seed(3))
     times = torch.tensor([1.0, 0.6, 0.25, 0.0], dtype=torch.float64) * p.t_max
     x_T = _exact_x_T(p, N_ORACLE, seed=11)
-    out = udm.sample(den, "udm", times=times, x_T=x_T, kernel=kernel, sigma_tilde=sigma_tilde, generator=5)
+    out = udm.sample(den, "udm", times=times, x_T=x_T, kernel=kernel, mix=mix, generator=5)
     fresh = MIX.sample(N_ORACLE, 999)
     val = _mmd(out, fresh)
     assert val < null_bound, (val, null_bound)
@@ -323,7 +339,7 @@ def test_posterior_mean_needs_many_steps(name: str, null_bound: float) -> None:
     errs, mmds = [], []
     for steps in (2, 5, 20, 100):
         times = udm.get_grid(grid, p, steps)
-        out = udm.sample(den, "udm", times=times, x_T=x_T, kernel="K2", sigma_tilde=0.0)
+        out = udm.sample(den, "udm", times=times, x_T=x_T, kernel="K2", mix=0.0)
         errs.append(_moment_error(out))
         mmds.append(_mmd(out, fresh))
     # the test has power: 2 and 5 posterior-mean steps are far above the Monte-Carlo floor

@@ -136,7 +136,7 @@ def test_reverse_sde_with_wrong_drift_fails():
             x = x - h * (f * x - 0.5 * g2 * score) + (4 * g2 * h) ** 0.5 * udm.rng.randn_like(x, gen)
         return x
 
-    out = wrong(udm.samplers._Tracked(gmm.denoiser(process, "eps"), process, None, udm.get_grid("uniform", process, 400), True),
+    out = wrong(udm.samplers.run._Tracked(gmm.denoiser(process, "eps"), process, None, udm.get_grid("uniform", process, 400), True),
                 process, x_T, udm.get_grid("uniform", process, 400), generator=13)
     assert float(mmd(out, gmm.sample(n, 14))) > 10 * null_mmd_bound(gmm, n)
 

@@ -5,7 +5,7 @@ d/dt log p_t(x_t) = -div f_t(x_t) (12.1), so
 
     log p_t0(x0) = log p_T(x_T) + int_t0^T div f_t(x_t) dt.
 
-The ODE is integrated in one of the variables of :class:`udm.samplers.ode.ODEView`:
+The ODE is integrated in one of the variables of :class:`udm.samplers.coordinates.ODEView`:
 the process time t (state x, the velocity field), or sigma~ = sigma/alpha (or
 log sigma~) with the scaled state y = x/alpha, EDM's sampling variable. In
 the scaled variables the density of y is alpha^D times that of x, which adds
@@ -49,9 +49,8 @@ from dataclasses import dataclass
 import torch
 
 from . import rng
-from .processes.base import Process
-from .processes.gaussian import LinearProcess, require_linear
-from .samplers.ode import ODEView
+from .processes.base import LinearPath, Process, require
+from .samplers.coordinates import ODEView, finite_level
 
 Tensor = torch.Tensor
 DIVERGENCES = ("exact", "hutchinson")
@@ -102,7 +101,7 @@ def prior_log_prob(process: Process, x: Tensor, t: float | None = None) -> Tenso
     This is the approximation the sampler starts from (alpha_T x0 neglected:
     alpha_T ~ 0, or sigma_T much larger than the data).
     """
-    process = require_linear(process, "the prior log-density")
+    process = require(process, LinearPath, "the prior log-density")
     t = process.t_max if t is None else t
     s = float(process.sigma(t))
     d = x[0].numel()
@@ -174,15 +173,17 @@ def _per_sample_norm(d: int) -> Callable[[Tensor], Tensor]:
     return norm
 
 
-def _variable(process: LinearProcess, t0: float, t1: float, variable: str | None) -> ODEView:
-    """``variable`` or the default: sigma~ where alpha > 0 at both ends, else the process time."""
+def _variable(process: LinearPath, t0: float, t1: float, variable: str | None) -> ODEView:
+    """``variable`` or the default: sigma~ where it is finite at both ends (alpha > 0), else the process time."""
+    finite = finite_level(process, t0) and finite_level(process, t1)
     if variable is None:
-        variable = "sigma" if min(float(process.alpha(t0)), float(process.alpha(t1))) > 0 else "t"
-    if variable != "t" and min(float(process.alpha(t0)), float(process.alpha(t1))) <= 0:
+        variable = "sigma" if finite else "t"
+    if variable != "t" and not finite:
         raise ValueError(f"alpha vanishes on [{t0:g}, {t1:g}], so the {variable!r} variable is undefined there; use variable='t'")
-    if variable != "t" and float(process.sigma(t0)) <= 0:
+    view = ODEView(process, variable)
+    if view.scaled and view.is_clean(t0):
         raise ValueError(f"sigma_t0 = 0 at t0 = {t0:g}: start the likelihood integral at t0 > 0 (e.g. the process's t_eps)")
-    return ODEView(process, variable)
+    return view
 
 
 def flow(
@@ -219,7 +220,7 @@ def flow(
         raise ValueError(f"probes must be >= 1, got {probes}")
     from torchdiffeq import odeint
 
-    process = require_linear(denoiser.process, "the likelihood ODE")
+    process = require(denoiser.process, LinearPath, "the likelihood ODE")
     view = _variable(process, min(t_start, t_end), max(t_start, t_end), variable)
     shape = tuple(x.shape)
     exact = divergence == "exact"
@@ -258,7 +259,7 @@ def log_likelihood(
     ``divergence`` and ``solver`` (probes, probe, rtol, atol, method, variable,
     generator, per_sample) are the options of :func:`flow`.
     """
-    process = require_linear(denoiser.process, "the likelihood ODE")
+    process = require(denoiser.process, LinearPath, "the likelihood ODE")
     t0 = process.t_eps if t0 is None else float(t0)
     t1 = process.t_max if t1 is None else float(t1)
     if not t0 < t1:

@@ -2,136 +2,15 @@
 
 Each sampler is ``fn(denoiser, process, x_T, times, **options) -> x_0`` with
 no state between calls and no I/O; ``SAMPLERS`` names them all and ``GRIDS``
-names the time grids.
+names the time grids. The layers import one way: ``coordinates`` (the
+noise-level variable) <- ``grids`` and the sampler modules <- ``run``
+(``SAMPLERS``, :func:`sample`) <- ``tuning`` (:func:`optimize_grid`) <- this face.
 """
 
 from __future__ import annotations
 
-import inspect
-
-from collections.abc import Callable, Sequence
-from typing import Any
-
-import torch
-
-from .. import rng
-from ..processes.base import Process
-from ..registry import Registry
-from .ancestral import ddim, ddpm, udm, udm_baseline, udm_deterministic
-from .discrete import mask_confidence
-from .exponential import dpmpp_2m, dpmpp_3m, unipc
 from .grids import GRIDS, get_grid
-from .ode import euler, heun, rk45
-from .sde import euler_maruyama, pc
+from .run import SAMPLERS, sample
 from .tuning import optimize_grid
-
-Tensor = torch.Tensor
-SAMPLERS: Registry[Callable[..., Tensor]] = Registry("sampler")
-for _fn in (
-    ddpm, ddim, udm, udm_baseline, udm_deterministic, euler, heun, rk45, dpmpp_2m, dpmpp_3m, unipc, euler_maruyama, pc, mask_confidence
-):
-    SAMPLERS.register(_fn.__name__, _fn)
-
-
-class _Tracked:
-    """The denoiser as samplers see it: condition bound, evaluations counted, output checked."""
-
-    def __init__(
-        self, denoiser: Callable[..., Tensor], process: Process, cond: Any, times: Tensor, check_finite: bool
-    ) -> None:
-        self.denoiser, self.process, self.cond, self.times, self.check_finite = denoiser, process, cond, times, check_finite
-        self.nfe = 0
-
-    def __call__(self, x: Tensor, t: float) -> Tensor:
-        out = self.denoiser(x, t) if self.cond is None else self.denoiser(x, t, self.cond)
-        self.nfe += 1
-        expected = self.process.output_shape(x.shape)
-        if out.shape not in (x.shape, expected):
-            raise ValueError(
-                f"denoiser output has shape {tuple(out.shape)} but x_t has shape {tuple(x.shape)}; "
-                f"process {self.process.name!r} expects {tuple(expected)}"
-            )
-        if self.check_finite and out.is_floating_point() and not bool(torch.isfinite(out).all()):
-            step = int(torch.argmin((self.times - float(t)).abs()))
-            raise FloatingPointError(
-                f"the denoiser returned NaN or inf at step {step} of {len(self.times) - 1} (t={float(t):g}, "
-                f"evaluation {self.nfe}); check the network, its dtype and the time grid"
-            )
-        return out
-
-
-def sample(
-    denoiser: Callable[..., Tensor],
-    sampler: str = "dpmpp_2m",
-    steps: int | None = None,
-    x_T: Tensor | None = None,
-    times: Tensor | Sequence[float] | None = None,
-    *,
-    process: Process | None = None,
-    grid: str | None = None,
-    grid_options: dict | None = None,
-    shape: Sequence[int] | None = None,
-    seeds: Sequence[int] | None = None,
-    generator: rng.GeneratorLike = None,
-    cond: Any = None,
-    callback: Callable[[dict[str, Any]], None] | None = None,
-    check_finite: bool = True,
-    return_info: bool = False,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str | None = None,
-    **options: Any,
-) -> Tensor | tuple[Tensor, dict[str, Any]]:
-    """Draw samples: ``udm.sample(denoiser, sampler="dpmpp_2m", steps=10, x_T=...)``.
-
-    * ``denoiser``: a :class:`~udm.Denoiser` (or any ``(x, t[, cond]) -> x0_hat`` with ``process=``).
-    * ``steps`` and ``grid`` (a ``GRIDS`` name, default the process's) build the
-      time grid; or pass ``times`` explicitly (strictly decreasing, inside the domain).
-    * ``x_T``: the start; if None it is drawn from the prior for data of batch shape ``shape``.
-    * ``seeds``: one seed per sample; sample i's x_T and noise come from its own
-      generator, so it does not change with batch size or device.
-    * ``options`` go to the sampler (e.g. ``eta`` for ddim, ``churn`` for heun).
-
-    Returns x_0, or ``(x_0, info)`` with ``info = {"nfe", "times"}`` when ``return_info``.
-    """
-    fn = SAMPLERS.get(sampler)
-    process = process if process is not None else getattr(denoiser, "process", None)
-    if process is None:
-        raise ValueError("no process: pass a udm.Denoiser or process=")
-    if times is not None:
-        grid_times = process.check_times(torch.as_tensor(times, dtype=torch.float64).cpu())
-        if steps is not None and steps != len(grid_times) - 1:
-            raise ValueError(f"steps={steps} disagrees with the explicit grid of {len(grid_times) - 1} steps; give one of them")
-    else:
-        if steps is None:
-            raise ValueError("give steps (the number of sampler steps, >= 1) or an explicit times grid")
-        grid_times = get_grid(grid or process.default_grid_name, process, steps, **(grid_options or {}))
-    if seeds is not None:
-        if generator is not None:
-            raise ValueError("give seeds or generator, not both")
-        generator = rng.generators_from_seeds(seeds)
-    gen = rng.as_generator(generator)
-    if x_T is None:
-        if shape is None:
-            raise ValueError("give x_T, or shape (the full batch shape) to draw it from the prior")
-        shape = tuple(shape)
-        if seeds is not None and shape[0] != len(seeds):
-            raise ValueError(f"got {len(seeds)} seeds for a batch of {shape[0]}; give one seed per sample")
-        x_T = process.prior(process.state_shape(shape), gen, dtype=dtype, device=device)
-    tracked = _Tracked(denoiser, process, cond, grid_times, check_finite)
-    x0 = fn(tracked, process, x_T, grid_times, callback=callback, **_sampler_options(sampler, fn, gen, options))
-    return (x0, {"nfe": tracked.nfe, "times": grid_times}) if return_info else x0
-
-
-def _sampler_options(name: str, fn: Callable[..., Tensor], gen: Any, options: dict) -> dict:
-    """Check ``options`` against the sampler's signature; pass the generator to samplers that draw noise."""
-    params = inspect.signature(fn).parameters
-    valid = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("callback", "generator"))
-    unknown = sorted(set(options) - set(valid))
-    if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        raise ValueError(f"sampler {name!r} has no option {unknown[0]!r}; its options: {', '.join(valid) or 'none'}")
-    return {**options, "generator": gen} if "generator" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-    ) else options
-
 
 __all__ = ["GRIDS", "SAMPLERS", "get_grid", "optimize_grid", "sample"]

@@ -1,9 +1,9 @@
 """Kernel samplers: the generic UDM loop (THEORY §3.2, U2), DDIM(eta) and DDPM ancestral (§4.1).
 
 All three alternate "predict x0_hat = D(x_t, t)" and "correct with a reverse
-kernel". DDIM(eta) is K2 on the Gaussian process with
-sigma_tilde = eta * std[q(x_s | x_t, x0)] / sigma_s; DDPM ancestral draws from
-q(x_s | x_t, x0_hat) itself.
+kernel". DDIM(eta) is K2 on the Gaussian process with mixing ratio
+mix = eta * std[q(x_s | x_t, x0)] / sigma_s; DDPM ancestral draws from
+q(x_s | x_t, x0_hat) itself. Both take that posterior from ``process.posterior``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import torch
 
 from .. import rng
 from ..kernels import KERNELS
-from ..processes.base import Process
-from .common import Callback, DenoiseFn, alpha_sigma, report, require_gaussian
+from ..processes.base import GaussianPath, Process, require
+from .common import GAUSSIAN_HINT, Callback, DenoiseFn, alpha_sigma, report
 
 Tensor = torch.Tensor
+_ZERO = torch.zeros((), dtype=torch.float64)
 
 
 def udm(
@@ -27,7 +28,7 @@ def udm(
     times: Tensor,
     *,
     kernel: str = "K1",
-    sigma_tilde: float | Callable[[float, float], float] = 0.0,
+    mix: float | Callable[[float, float], float] = 0.0,
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
 ) -> Tensor:
@@ -38,7 +39,7 @@ def udm(
     and the result is ``process.finish`` of the last state (x0_hat for the
     encoder model, THEORY §4.5).
 
-    ``sigma_tilde`` (K2 only) is a number in [0, 1] or a function of (t, s).
+    ``mix`` (K2 only) is the mixing ratio in [0, 1] (THEORY §3.1's sigma~_t), a number or a function of (t, s).
     """
     step = KERNELS.get(kernel)
     gen = rng.as_generator(generator)
@@ -46,8 +47,8 @@ def udm(
     x0 = None
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = process.estimate_x0(denoiser(x, t), x, t, generator=gen)
-        r = sigma_tilde(t, s) if callable(sigma_tilde) else sigma_tilde
-        x = step(process, x, x0, t, s, sigma_tilde=r, generator=gen)
+        r = mix(t, s) if callable(mix) else mix
+        x = step(process, x, x0, t, s, mix=r, generator=gen)
         report(callback, i, t, s, x, x0)
     return process.finish(x, x0)
 
@@ -62,17 +63,18 @@ def udm_deterministic(denoiser: DenoiseFn, process: Process, x: Tensor, times: T
     return udm(denoiser, process, x, times, kernel="K1", **options)
 
 
-def _posterior_std(process, t: float, s: float) -> float:
-    """std of q(x_s | x_t, x0) = sigma_{t|s} sigma_s / sigma_t (THEORY §4.1, DDPM row)."""
-    a_t, s_t = alpha_sigma(process, t)
-    a_s, s_s = alpha_sigma(process, s)
-    var_ts = max(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0)
-    return (var_ts * s_s**2 / s_t**2) ** 0.5
+def _posterior_var(process: GaussianPath, t: float, s: float) -> float:
+    """Var[q(x_s | x_t, x0)] = sigma_{t|s}^2 sigma_s^2 / sigma_t^2 from ``process.posterior`` (THEORY §4.1, DDPM row).
+
+    The variance does not depend on (x_t, x0); reading it at float64 zeros keeps
+    it in float64 whatever the samples' dtype. Rounding below 0 counts as 0.
+    """
+    return max(float(process.posterior(_ZERO, _ZERO, t, s)[1]), 0.0)
 
 
 def ddim(
     denoiser: DenoiseFn,
-    process: Process,
+    process: GaussianPath,
     x: Tensor,
     times: Tensor,
     *,
@@ -80,21 +82,21 @@ def ddim(
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
 ) -> Tensor:
-    """DDIM(eta) (Song et al. 2021) = K2 with sigma_tilde = eta * posterior std / sigma_s (THEORY §4.1)."""
-    p = require_gaussian(process, "ddim")
+    """DDIM(eta) (Song et al. 2021) = K2 with mix = eta * posterior std / sigma_s (THEORY §4.1)."""
+    p = require(process, GaussianPath, "sampler 'ddim'", GAUSSIAN_HINT)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
 
     def r(t: float, s: float) -> float:
         s_s = float(p.sigma(s))
-        return min(eta * _posterior_std(p, t, s) / s_s, 1.0) if s_s > 0 else 0.0
+        return min(eta * _posterior_var(p, t, s) ** 0.5 / s_s, 1.0) if s_s > 0 else 0.0
 
-    return udm(denoiser, p, x, times, kernel="K2", sigma_tilde=r, generator=generator, callback=callback)
+    return udm(denoiser, p, x, times, kernel="K2", mix=r, generator=generator, callback=callback)
 
 
 def ddpm(
     denoiser: DenoiseFn,
-    process: Process,
+    process: GaussianPath,
     x: Tensor,
     times: Tensor,
     *,
@@ -105,9 +107,10 @@ def ddpm(
     """DDPM ancestral sampling (Ho et al. 2020): x_s = mean[q(x_s | x_t, x0_hat)] + std z.
 
     ``variance="small"`` uses the posterior variance (beta-tilde); ``"large"``
-    uses sigma_{t|s}^2 (DDPM's beta_t). No noise is added on the step into clean data.
+    uses sigma_{t|s}^2 = sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2 (DDPM's beta_t).
+    No noise is added on the step into clean data.
     """
-    p = require_gaussian(process, "ddpm")
+    p = require(process, GaussianPath, "sampler 'ddpm'", GAUSSIAN_HINT)
     if variance not in ("small", "large"):
         raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
     gen = rng.as_generator(generator)
@@ -118,8 +121,8 @@ def ddpm(
         a_t, s_t = alpha_sigma(p, t)
         a_s, s_s = alpha_sigma(p, s)
         if s_s > 0:
-            std = _posterior_std(p, t, s) if variance == "small" else max(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0) ** 0.5
-            x = mean + std * rng.randn_like(x, gen)
+            var = _posterior_var(p, t, s) if variance == "small" else max(s_t**2 - (a_t / a_s) ** 2 * s_s**2, 0.0)
+            x = mean + var**0.5 * rng.randn_like(x, gen)
         else:
             x = mean
         report(callback, i, t, s, x, x0)

@@ -1,9 +1,16 @@
-"""Small pieces every sampler shares: the Gaussian-process check and per-step scalar coefficients.
+"""Small pieces every sampler shares: what each guard suggests instead, per-step scalar coefficients, the callback.
 
 Samplers take a *denoiser callable* ``D(x_t, t) -> x0_hat`` (``udm.sample``
 binds the condition and counts evaluations), the process, the start ``x`` and
 a grid ``times`` (float64, CPU). Step coefficients are Python floats computed
 in float64 from the grid, so nothing in the loop moves tensors between devices.
+
+A sampler that needs more than the :class:`~udm.processes.base.Process`
+protocol says so once, with ``require(process, LinearPath, f"sampler {name!r}", LINEAR_HINT)``
+(:func:`udm.processes.base.require`): deterministic samplers only integrate
+dx/dt = alpha' x0_hat + sigma' eps_hat, the marginal velocity of any linear
+path whatever its noise law (THEORY §8.1); the SDE, DDPM and DDIM samplers
+need eps ~ N(0, I) (:class:`~udm.processes.base.GaussianPath`).
 """
 
 from __future__ import annotations
@@ -13,31 +20,19 @@ from typing import Any
 
 import torch
 
-from ..processes.base import Process
-from ..processes.gaussian import GaussianProcess, LinearProcess
-from ..processes.gaussian import require_gaussian as gaussian_or_error
-from ..processes.gaussian import require_linear as linear_or_error
+from ..processes.base import LinearPath
 
 Tensor = torch.Tensor
 DenoiseFn = Callable[[Tensor, float], Tensor]
 Callback = Callable[[dict[str, Any]], None] | None
 
-
-def require_gaussian(process: Process, sampler: str) -> GaussianProcess:
-    """``process`` if it is Gaussian (alpha_t, sigma_t, eps ~ N(0, I)), else a clear error naming the sampler."""
-    return gaussian_or_error(process, f"sampler {sampler!r}", "use an ODE sampler or the generic 'udm' kernel sampler")
-
-
-def require_linear(process: Process, sampler: str) -> LinearProcess:
-    """``process`` if it is linear (alpha_t, sigma_t; any noise law), else a clear error naming the sampler.
-
-    Deterministic samplers only integrate dx/dt = alpha' x0_hat + sigma' eps_hat,
-    which is the marginal velocity of a linear path whatever the noise law (THEORY §8.1).
-    """
-    return linear_or_error(process, f"sampler {sampler!r}", "use the generic 'udm' kernel sampler")
+#: What to use instead when a sampler needs a linear process.
+LINEAR_HINT = "use the generic 'udm' kernel sampler"
+#: What to use instead when a sampler needs Gaussian noise.
+GAUSSIAN_HINT = "use an ODE sampler or the generic 'udm' kernel sampler"
 
 
-def alpha_sigma(process: GaussianProcess, t: float) -> tuple[float, float]:
+def alpha_sigma(process: LinearPath, t: float) -> tuple[float, float]:
     """(alpha_t, sigma_t) as Python floats (float64 arithmetic)."""
     return float(process.alpha(t)), float(process.sigma(t))
 

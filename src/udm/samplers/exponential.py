@@ -21,10 +21,10 @@ the last evaluations. With h = lambda_s - lambda_t and phi_1(h) = 1 - e^{-h}:
 The step into clean data (sigma_s = 0, lambda_s = +inf) cannot use a
 polynomial in lambda; it is first order (x_0 = x0_hat, "Tweedie"), as in
 DPM-Solver and diffusers, unless ``final_order=2``: then it is an
-Adams-Bashforth step in the VE variable sigma~ = sigma/alpha, where
-y = x/alpha obeys dy/dsigma~ = eps_hat, finite at sigma~ = 0 (THEORY §5.2,
-"mapping VP to VE"); eps_hat is extrapolated linearly from the last two
-evaluations:
+Adams-Bashforth step in the VE variable sigma~ = sigma/alpha (the ``"sigma"``
+variable of :class:`~udm.samplers.coordinates.ODEView`), where y = x/alpha
+obeys dy/dsigma~ = eps_hat, finite at sigma~ = 0 (THEORY §5.2, "mapping VP to
+VE"); eps_hat is extrapolated linearly from the last two evaluations:
 
     y_0 = y_1 - sigma~_1 e_1 + sigma~_1^2 / (2 (sigma~_2 - sigma~_1)) (e_2 - e_1).
 """
@@ -36,26 +36,18 @@ from dataclasses import dataclass
 
 import torch
 
-from ..processes.gaussian import GaussianProcess
-from .common import Callback, DenoiseFn, alpha_sigma, report, require_linear
+from ..processes.base import LinearPath, require
+from .common import LINEAR_HINT, Callback, DenoiseFn, alpha_sigma, report
+from .coordinates import ODEView, finite_level, half_log_snr
 
 Tensor = torch.Tensor
-
-
-def half_log_snr(process: GaussianProcess, t: float) -> float:
-    """lambda_t = log(alpha_t / sigma_t) (+inf on clean data, -inf where alpha_t = 0)."""
-    a, s = alpha_sigma(process, t)
-    if s == 0.0:
-        return math.inf
-    if a == 0.0:
-        return -math.inf
-    return math.log(a) - math.log(s)
 
 
 @dataclass
 class _Eval:
     """One denoiser evaluation: where it was made and what it returned (eps_hat at the evaluated state)."""
 
+    t: float
     lam: float
     alpha: float
     sigma: float
@@ -63,11 +55,11 @@ class _Eval:
     eps: Tensor
 
 
-def _evaluate(denoiser: DenoiseFn, p: GaussianProcess, x: Tensor, t: float) -> _Eval:
+def _evaluate(denoiser: DenoiseFn, p: LinearPath, x: Tensor, t: float) -> _Eval:
     a, s = alpha_sigma(p, t)
     x0 = denoiser(x, t)
     eps = (x - a * x0) / s if s > 0 else torch.zeros_like(x)
-    return _Eval(half_log_snr(p, t), a, s, x0, eps)
+    return _Eval(t, half_log_snr(p, t), a, s, x0, eps)
 
 
 def _check_final_order(final_order: int) -> None:
@@ -75,27 +67,28 @@ def _check_final_order(final_order: int) -> None:
         raise ValueError(f"final_order must be 1 (x0_hat) or 2 (Adams-Bashforth in sigma/alpha), got {final_order}")
 
 
-def _final_step(x: Tensor, hist: list[_Eval], a_s: float, final_order: int) -> Tensor:
+def _final_step(p: LinearPath, x: Tensor, hist: list[_Eval], a_s: float, final_order: int) -> Tensor:
     """The step into clean data: x0_hat of the last evaluation, or AB2 in sigma~ (module docstring)."""
     last = hist[-1]
-    if final_order == 1 or len(hist) < 2 or not math.isfinite(hist[-2].lam):
+    if final_order == 1 or len(hist) < 2 or not finite_level(p, hist[-2].t):
         return a_s * last.x0
-    u1, u2 = last.sigma / last.alpha, hist[-2].sigma / hist[-2].alpha
-    y = x / last.alpha - u1 * last.eps + (0.5 * u1 * u1 / (u2 - u1)) * (hist[-2].eps - last.eps)
+    prev, view = hist[-2], ODEView(p, "sigma")
+    u1, u2 = view.u(last.t), view.u(prev.t)
+    y = view.to_state(x, last.t) - u1 * last.eps + (0.5 * u1 * u1 / (u2 - u1)) * (prev.eps - last.eps)
     return a_s * y
 
 
-def _usable(hist: list[_Eval], order: int) -> int:
-    """The largest order <= ``order`` whose history points all have a finite lambda (alpha > 0)."""
+def _usable(p: LinearPath, hist: list[_Eval], order: int) -> int:
+    """The largest order <= ``order`` whose history points all have a finite lambda (sigma~ finite, alpha > 0)."""
     k = 1
-    while k < min(order, len(hist)) and math.isfinite(hist[-1 - k].lam):
+    while k < min(order, len(hist)) and finite_level(p, hist[-1 - k].t):
         k += 1
     return k
 
 
 def dpmpp_2m(
     denoiser: DenoiseFn,
-    process: GaussianProcess,
+    process: LinearPath,
     x: Tensor,
     times: Tensor,
     *,
@@ -110,13 +103,13 @@ def dpmpp_2m(
     clean data (see ``final_order``) and, with ``lower_order_final`` as in
     diffusers when there are fewer than 15 steps, the last step are first order.
     """
-    p = require_linear(process, "dpmpp_2m")
+    p = require(process, LinearPath, "sampler 'dpmpp_2m'", LINEAR_HINT)
     return _dpmpp_multistep(denoiser, p, x, times, 2, lower_order_final, final_order, False, callback)
 
 
 def dpmpp_3m(
     denoiser: DenoiseFn,
-    process: GaussianProcess,
+    process: LinearPath,
     x: Tensor,
     times: Tensor,
     *,
@@ -144,13 +137,13 @@ def dpmpp_3m(
     ``final_order``; with ``lower_order_final`` and fewer than 15 steps the
     last two steps are orders 1 and 2 (diffusers' schedule).
     """
-    p = require_linear(process, "dpmpp_3m")
+    p = require(process, LinearPath, "sampler 'dpmpp_3m'", LINEAR_HINT)
     return _dpmpp_multistep(denoiser, p, x, times, 3, lower_order_final, final_order, diffusers_compat, callback)
 
 
 def _dpmpp_multistep(
     denoiser: DenoiseFn,
-    p: GaussianProcess,
+    p: LinearPath,
     x: Tensor,
     times: Tensor,
     max_order: int,
@@ -171,10 +164,10 @@ def _dpmpp_multistep(
         hist = [*hist[-(max_order - 1) :], _evaluate(denoiser, p, x, t)]
         a_s, s_s = alpha_sigma(p, s)
         if s_s == 0.0:
-            x = _final_step(x, hist, a_s, final_order)
+            x = _final_step(p, x, hist, a_s, final_order)
             report(callback, i, t, s, x, hist[-1].x0)
             continue
-        order = _usable(hist, max_order)
+        order = _usable(p, hist, max_order)
         if lower_order_final and n < 15:
             order = min(order, n - i)
         m0 = hist[-1]
@@ -249,7 +242,7 @@ def _unipc_update(
 
 def unipc(
     denoiser: DenoiseFn,
-    process: GaussianProcess,
+    process: LinearPath,
     x: Tensor,
     times: Tensor,
     *,
@@ -276,7 +269,7 @@ def unipc(
     for few-step unconditional sampling benchmarks/RESULTS.md recommends
     order=3, variant="bh1" below 10 steps, final_order=2 and grid="quadratic".
     """
-    p = require_linear(process, "unipc")
+    p = require(process, LinearPath, "sampler 'unipc'", LINEAR_HINT)
     if order < 1:
         raise ValueError(f"order must be >= 1, got {order}")
     if variant not in ("bh1", "bh2"):
@@ -288,15 +281,15 @@ def unipc(
     x_prev, prev_order = x, 1
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         ev = _evaluate(denoiser, p, x, t)
-        if corrector and hist and math.isfinite(hist[-1].lam):
+        if corrector and hist and finite_level(p, hist[-1].t):
             base, older = hist[-1], hist[-prev_order:-1][::-1]
             x = _unipc_update(x_prev, base, older, ev.alpha, ev.sigma, ev.lam, variant, ev.x0)
         hist = [*hist[-max(order, 2) + 1 :], ev]
         a_s, s_s = alpha_sigma(p, s)
         if s_s == 0.0:
-            x = _final_step(x, hist, a_s, final_order)
+            x = _final_step(p, x, hist, a_s, final_order)
         else:
-            k = min(min(order, n - i) if lower_order_final else order, _usable(hist, order))
+            k = min(min(order, n - i) if lower_order_final else order, _usable(p, hist, order))
             x_prev, prev_order = x, k
             x = _unipc_update(x, ev, hist[-k:-1][::-1], a_s, s_s, half_log_snr(p, s), variant, None)
         report(callback, i, t, s, x, ev.x0)

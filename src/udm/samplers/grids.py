@@ -5,7 +5,9 @@ clean-data time ``process.t_min``. Grids that space points by noise level
 (``karras``, ``logsnr``) place ``steps`` points between ``t_start`` and
 ``t_end`` (default ``process.t_eps``) and then add the final step to clean
 data, as k-diffusion and EDM append sigma = 0. The registry ``GRIDS`` names
-them; an explicit grid is any decreasing tensor passed as ``times=``.
+them; an explicit grid is any decreasing tensor passed as ``times=``. Noise
+levels are those of :mod:`udm.samplers.coordinates`, which also says where
+they are finite.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..processes.base import Process
-from ..processes.gaussian import require_linear
+from ..processes.base import LinearPath, Process, require
 from ..registry import Registry
+from .coordinates import finite_level, karras_level
 
 Tensor = torch.Tensor
 Grid = Callable[..., Tensor]
@@ -53,12 +55,8 @@ def quadratic(process: Process, steps: int, *, t_start: float | None = None) -> 
     return process.t_min + (t0 - process.t_min) * u * u
 
 
-def _needs_gaussian(process: Process, grid: str) -> None:
-    require_linear(process, f"the {grid!r} grid (it spaces times by noise level)")
-
-
 def _level_grid(
-    process: Process,
+    process: LinearPath,
     steps: int,
     t_start: float | None,
     t_end: float | None,
@@ -67,11 +65,10 @@ def _level_grid(
     name: str,
 ) -> Tensor:
     """``steps`` times uniform in a monotone ``level`` of t between t_start and t_end, then the clean end."""
-    _needs_gaussian(process, name)
     t0, t1 = _ends(process, t_start, t_end)
-    l0, l1 = level(torch.tensor(t0, dtype=torch.float64)), level(torch.tensor(t1, dtype=torch.float64))
-    if not torch.isfinite(l0):
+    if not finite_level(process, t0):
         raise ValueError(f"the {name} grid is undefined at t_start={t0:g} (alpha = 0 there); pass t_start < t_max")
+    l0, l1 = level(torch.tensor(t0, dtype=torch.float64)), level(torch.tensor(t1, dtype=torch.float64))
     if steps == 1:
         return torch.tensor([t0, process.t_min], dtype=torch.float64)
     times = time_of_level(torch.linspace(float(l0), float(l1), steps, dtype=torch.float64))
@@ -88,21 +85,15 @@ def karras(
     sigma~ = sigma/alpha is the noise level of x/alpha, so the grid means the
     same thing for VP, VE and EDM processes.
     """
-    return _level_grid(
-        process,
-        steps,
-        t_start,
-        t_end,
-        lambda t: process.sigma_tilde(t) ** (1.0 / rho),
-        lambda level: process.t_from_sigma_tilde(level**rho),
-        "karras",
-    )
+    p = require(process, LinearPath, "the 'karras' grid (it spaces times by noise level)")
+    return _level_grid(p, steps, t_start, t_end, *karras_level(p, rho), "karras")
 
 
 @GRIDS.register("logsnr")
 def logsnr(process: Process, steps: int, *, t_start: float | None = None, t_end: float | None = None) -> Tensor:
     """Uniform in log-SNR from t_start to t_end, then clean (DPM-Solver's "logSNR" spacing)."""
-    return _level_grid(process, steps, t_start, t_end, process.log_snr, process.t_from_log_snr, "logsnr")
+    p = require(process, LinearPath, "the 'logsnr' grid (it spaces times by noise level)")
+    return _level_grid(p, steps, t_start, t_end, p.log_snr, p.t_from_log_snr, "logsnr")
 
 
 def get_grid(name: str, process: Process, steps: int, **options) -> Tensor:

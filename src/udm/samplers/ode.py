@@ -1,13 +1,12 @@
 """Probability-flow ODE solvers: Euler, Heun (EDM, with churn) and adaptive RK45 (THEORY §5.2, O2).
 
-For a Gaussian process the PF-ODE can be written in two time variables:
-
-* ``"sigma"`` (EDM's choice, Karras et al. 2022 §3): y = x/alpha, u = sigma/alpha,
-  dy/du = eps_hat. Euler in this variable is exactly DDIM (eta = 0).
-* ``"log_sigma"``: the same state y with u = log sigma~, dy/du = sigma~ eps_hat;
-  PFGM integrates its backward ODE in t' = log z this way (THEORY §6.2, P4);
-* ``"t"`` (the process's own time, the flow-matching convention):
-  dx/dt = alpha' x0_hat + sigma' eps_hat, the velocity E[dx_t/dt | x_t].
+Each solver integrates the PF-ODE in one of the variables of
+:class:`~udm.samplers.coordinates.ODEView`: ``"sigma"`` (EDM's choice,
+Karras et al. 2022 §3; y = x/alpha, u = sigma~ = sigma/alpha, dy/du = eps_hat,
+where Euler is exactly DDIM with eta = 0), ``"log_sigma"`` (u = log sigma~, as
+PFGM integrates its backward ODE in t' = log z, THEORY §6.2, P4) or ``"t"``
+(the process's own time, dx/dt = alpha' x0_hat + sigma' eps_hat, the
+flow-matching convention).
 
 These are the ODE of any *linear* process x_t = alpha x0 + sigma eps, whatever
 the law of eps (THEORY §8.1: the marginal velocity is alpha' E[x0|x_t] + sigma' E[eps|x_t]),
@@ -20,82 +19,19 @@ data (sigma_s = 0) is an Euler step, which lands on x0_hat in the sigma variable
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .. import rng
-from ..denoiser import from_x0
-from ..processes.gaussian import GaussianProcess
-from .common import Callback, DenoiseFn, alpha_sigma, report, require_linear
+from ..processes.base import LinearPath, require
+from .common import LINEAR_HINT, Callback, DenoiseFn, alpha_sigma, report
+from .coordinates import ODEView
 
 Tensor = torch.Tensor
 
 
-class ODEView:
-    """The PF-ODE of a Gaussian process in a chosen time variable: state map, time map and derivative."""
-
-    def __init__(self, process: GaussianProcess, variable: str) -> None:
-        if variable not in VARIABLES:
-            raise ValueError(f"ODE variable must be one of {', '.join(VARIABLES)}, got {variable!r}")
-        self.process, self.variable = process, variable
-
-    @classmethod
-    def default(cls, process: GaussianProcess, times: Tensor, variable: str | None) -> ODEView:
-        """``variable`` or, if None, "sigma" where alpha > 0 at the start and "t" otherwise."""
-        if variable is None:
-            variable = "sigma" if float(process.alpha(float(times[0]))) > 0 else "t"
-        if variable != "t" and float(process.alpha(float(times[0]))) <= 0:
-            raise ValueError(f"alpha_t = 0 at the first time, so the {variable!r} ODE variable is undefined there; use variable='t'")
-        return cls(process, variable)
-
-    @property
-    def scaled(self) -> bool:
-        """True for the sigma~ variables, whose state is y = x / alpha."""
-        return self.variable != "t"
-
-    def u(self, t: float) -> float:
-        """The ODE time variable at process time t."""
-        if self.variable == "t":
-            return t
-        st = float(self.process.sigma_tilde(t))
-        return st if self.variable == "sigma" else (math.log(st) if st > 0 else -math.inf)
-
-    def t(self, u: float) -> float:
-        """Process time at ODE time u."""
-        if self.variable == "t":
-            return u
-        return float(self.process.t_from_sigma_tilde(u if self.variable == "sigma" else math.exp(u)))
-
-    def to_state(self, x: Tensor, t: float) -> Tensor:
-        return x / float(self.process.alpha(t)) if self.scaled else x
-
-    def from_state(self, y: Tensor, t: float) -> Tensor:
-        return y * float(self.process.alpha(t)) if self.scaled else y
-
-    def derivative(self, x0_hat: Tensor, x: Tensor, t: float) -> Tensor:
-        """dy/du at (x_t, t) given x0_hat: eps_hat (sigma), sigma~ eps_hat (log_sigma) or the velocity (t)."""
-        if self.variable == "t":
-            return from_x0(x0_hat, x, t, self.process, "velocity")
-        eps = from_x0(x0_hat, x, t, self.process, "eps")
-        return eps if self.variable == "sigma" else float(self.process.sigma_tilde(t)) * eps
-
-    def step(self, y: Tensor, d: Tensor, x0_hat: Tensor, t: float, s: float) -> Tensor:
-        """The Euler update of y from t to s with slope d; into clean data (sigma~_s = 0) it is y_s = x0_hat."""
-        if self.scaled and self.is_clean(s):
-            return x0_hat
-        return y + (self.u(s) - self.u(t)) * d
-
-    def is_clean(self, t: float) -> bool:
-        return float(self.process.sigma(t)) == 0.0
-
-
-VARIABLES = ("sigma", "log_sigma", "t")
-
-
 def euler(
     denoiser: DenoiseFn,
-    process: GaussianProcess,
+    process: LinearPath,
     x: Tensor,
     times: Tensor,
     *,
@@ -103,7 +39,7 @@ def euler(
     callback: Callback = None,
 ) -> Tensor:
     """Euler's method on the PF-ODE (first order); in the sigma variable it equals DDIM(eta=0)."""
-    view = ODEView.default(require_linear(process, "euler"), times, variable)
+    view = ODEView.default(require(process, LinearPath, "sampler 'euler'", LINEAR_HINT), times, variable)
     ts = times.tolist()
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = denoiser(x, t)
@@ -119,7 +55,7 @@ def euler(
 
 def heun(
     denoiser: DenoiseFn,
-    process: GaussianProcess,
+    process: LinearPath,
     x: Tensor,
     times: Tensor,
     *,
@@ -138,7 +74,7 @@ def heun(
     min(churn / steps, sqrt(2) - 1) (sigma variable only). The last step into
     clean data is an Euler step, as in EDM.
     """
-    view = ODEView.default(require_linear(process, "heun"), times, variable)
+    view = ODEView.default(require(process, LinearPath, "sampler 'heun'", LINEAR_HINT), times, variable)
     if churn > 0 and view.variable != "sigma":
         raise ValueError("stochastic churn is defined in the sigma variable; use variable='sigma'")
     gen = rng.as_generator(generator)
@@ -167,7 +103,7 @@ def heun(
 
 def rk45(
     denoiser: DenoiseFn,
-    process: GaussianProcess,
+    process: LinearPath,
     x: Tensor,
     times: Tensor,
     *,
@@ -186,7 +122,7 @@ def rk45(
     """
     from torchdiffeq import odeint
 
-    view = ODEView.default(require_linear(process, "rk45"), times, variable)
+    view = ODEView.default(require(process, LinearPath, "sampler 'rk45'", LINEAR_HINT), times, variable)
     ts = times.tolist()
     last = len(ts) - 1 if view.is_clean(ts[-1]) else len(ts)
     positive = ts[:last]

@@ -19,8 +19,8 @@ import torch
 
 from .. import rng
 from ..denoiser import from_x0
-from ..processes.gaussian import GaussianProcess
-from .common import Callback, DenoiseFn, alpha_sigma, report, require_gaussian
+from ..processes.base import GaussianPath, require
+from .common import GAUSSIAN_HINT, Callback, DenoiseFn, alpha_sigma, report
 
 Tensor = torch.Tensor
 
@@ -39,7 +39,7 @@ def _diffusion(spec: str | float | Callable[[float], float], g2: float, t: float
 
 
 def _em_step(
-    process: GaussianProcess, x: Tensor, x0: Tensor, t: float, s: float, var_r: float, gen: rng.GeneratorLike
+    process: GaussianPath, x: Tensor, x0: Tensor, t: float, s: float, var_r: float, gen: rng.GeneratorLike
 ) -> Tensor:
     """One Euler-Maruyama step of Part 9's reverse SDE from t to s < t."""
     if float(process.alpha(t)) == 0.0:
@@ -53,7 +53,7 @@ def _em_step(
 
 def euler_maruyama(
     denoiser: DenoiseFn,
-    process: GaussianProcess,
+    process: GaussianPath,
     x: Tensor,
     times: Tensor,
     *,
@@ -62,7 +62,7 @@ def euler_maruyama(
     callback: Callback = None,
 ) -> Tensor:
     """Euler-Maruyama on the reverse-SDE family of THEORY §2.1 with free sigma_r(t) (``diffusion``)."""
-    p = require_gaussian(process, "euler_maruyama")
+    p = require(process, GaussianPath, "sampler 'euler_maruyama'", GAUSSIAN_HINT)
     gen = rng.as_generator(generator)
     ts = times.tolist()
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
@@ -77,7 +77,7 @@ def euler_maruyama(
 
 def pc(
     denoiser: DenoiseFn,
-    process: GaussianProcess,
+    process: GaussianPath,
     x: Tensor,
     times: Tensor,
     *,
@@ -95,7 +95,7 @@ def pc(
     sample's own norms, so a sample does not depend on the rest of its batch
     (sound in high dimension, where the norms concentrate).
     """
-    p = require_gaussian(process, "pc")
+    p = require(process, GaussianPath, "sampler 'pc'", GAUSSIAN_HINT)
     if corrector_steps < 0 or snr <= 0:
         raise ValueError(f"pc needs corrector_steps >= 0 and snr > 0, got {corrector_steps}, {snr}")
     gen = rng.as_generator(generator)

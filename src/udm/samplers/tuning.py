@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..processes.base import Process
+from ..processes.base import LinearPath, Process
+from .coordinates import ODEView, finite_level, karras_level
 from .grids import get_grid
+from .run import SAMPLERS, process_of, sample
 
 Tensor = torch.Tensor
 
@@ -41,19 +43,12 @@ _ADAPTIVE = ("rk45",)
 
 
 def _level(process: Process, rho: float, t0: float) -> tuple[Callable[[float], float], Callable[[float], float]]:
-    """The coordinate the grid is parameterised in, and its inverse: sigma~^(1/rho) where the process has a
-    finite sigma~ at the start ``t0``, else t itself (e.g. rectified flow from t = 1, where alpha = 0)."""
-    has_level = hasattr(process, "sigma_tilde") and hasattr(process, "t_from_sigma_tilde")
-    if has_level and math.isfinite(float(process.sigma_tilde(torch.tensor(t0, dtype=torch.float64)))):
-
-        def level(t: float) -> float:
-            return float(process.sigma_tilde(torch.tensor(t, dtype=torch.float64))) ** (1.0 / rho)
-
-        def time(u: float) -> float:
-            return float(process.t_from_sigma_tilde(torch.tensor(u, dtype=torch.float64) ** rho))
-
-        return level, time
-    return float, float
+    """The coordinate the grid is parameterised in, and its inverse: sigma~^(1/rho) (:func:`karras_level`) where
+    the process is linear with a finite sigma~ at the start ``t0``, else t itself (e.g. rectified flow from t = 1)."""
+    if not (isinstance(process, LinearPath) and finite_level(process, t0)):
+        return float, float
+    level, time = karras_level(process, rho)
+    return level, lambda u: float(time(torch.tensor(u, dtype=torch.float64)))
 
 
 def _reference(denoiser: Callable[..., Tensor], process: Process, x_pilot: Tensor, t0: float, t1: float, rtol: float) -> Tensor:
@@ -62,12 +57,11 @@ def _reference(denoiser: Callable[..., Tensor], process: Process, x_pilot: Tenso
     When the grid ends on clean data, rk45 integrates to sigma~ = 1e-5 and takes
     the Tweedie step from there (error O(sigma~^2) = O(1e-10) for smooth data).
     """
-    from . import sample
-
-    if not hasattr(process, "sigma") or float(process.sigma(torch.tensor(t1, dtype=torch.float64))) > 0:
+    view = ODEView(process, "sigma") if isinstance(process, LinearPath) else None
+    if view is None or not view.is_clean(t1):
         times = [t0, t1]
     else:
-        t_ref = float(process.t_from_sigma_tilde(torch.tensor(1e-5, dtype=torch.float64)))
+        t_ref = view.t(1e-5)
         times = [t0, t_ref, t1] if t1 < t_ref < t0 else [t0, t1]
     return sample(
         denoiser, "rk45", times=times, x_T=x_pilot, process=process, rtol=rtol, atol=rtol, dtype=torch.float64
@@ -137,16 +131,12 @@ def optimize_grid(
     """
     from scipy.optimize import minimize
 
-    from . import SAMPLERS, sample
-
     SAMPLERS.get(sampler)  # unknown names fail here, with the list of valid ones
     if sampler in _ADAPTIVE:
         raise ValueError(f"sampler {sampler!r} is adaptive: the grid does not set its steps, so there is nothing to fit")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an integer >= 2 (a grid with interior points), got {steps!r}")
-    process = process if process is not None else getattr(denoiser, "process", None)
-    if process is None:
-        raise ValueError("no process: pass a udm.Denoiser or process=")
+    process = process_of(denoiser, process)
     if not isinstance(x_pilot, torch.Tensor) or x_pilot.ndim < 2 or x_pilot.shape[0] < 1:
         shape = tuple(x_pilot.shape) if isinstance(x_pilot, torch.Tensor) else type(x_pilot).__name__
         raise ValueError(f"x_pilot must be a batch of starting noises, a tensor of shape (n, ...) with n >= 1; got {shape}")
