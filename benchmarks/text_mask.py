@@ -5,7 +5,7 @@ depth, heads, context, optimizer, batch and number of steps); only the
 attention (bidirectional vs causal) and the objective differ:
 
 * mask model (THEORY §4.4): the continuous-time absorbing process with m(t) = t,
-  trained with the ELBO-weighted cross-entropy of :class:`udm.losses.CrossEntropyLoss`;
+  trained with the ELBO-weighted cross-entropy of :class:`udm.objectives.CrossEntropyLoss`;
   its validation figure is an *upper bound* on -log p(window) / L: the ELBO
   estimated by Monte Carlo over t (stratified) with its standard error;
 * autoregressive model: a begin-of-window token, then next-character
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import udm
 from udm.data import load_dataset
 from udm.denoiser import TokenDenoiser
-from udm.losses import CrossEntropyLoss
+from udm.objectives import CrossEntropyLoss
 from udm.nets import SequenceTransformer
 
 

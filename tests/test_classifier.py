@@ -11,7 +11,7 @@ import udm
 from udm.classifier import NoisyClassifier
 from udm.config import ConfigError, validate
 from udm.guidance import ClassifierGuidance
-from udm.losses import ClassificationLoss, make_loss
+from udm.objectives import ClassificationLoss, make_loss
 from udm.nets import Classifier
 from udm.theory import GaussianMixture
 

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+import udm
 from udm.cli import CONFIG_DIR, bundled_configs, main
 from udm.config import ConfigError, load_config, validate
 from udm.data import find_mnist
@@ -65,7 +67,7 @@ def test_bundled_configs_validate(name):
         (lambda c: c["train"].update(grad_accum=3), ("grad_accum", "must divide")),
         (lambda c: c.update(loss={"weighting": "snr2"}), ("loss.weighting", "min_snr")),
         (lambda c: c.update(loss={"time_sampler": {"name": "lognormal", "mean": 0}}), ("loss.time_sampler.mean", "p_mean")),
-        (lambda c: c["sample"].update(options={"eta": 1.0, "churn": 2}), ("sample.options.churn", "eta")),
+        (lambda c: c["sample"].update(options={"eta": 1.0, "churn": 2}), ("sample.options", "no option 'churn'", "eta")),
         (lambda c: c["data"].update(noise_level=0.1), ("data.noise_level", "noise")),
         (lambda c: c.pop("network"), ("'network' is missing",)),
     ],
@@ -97,6 +99,31 @@ def test_train_sample_eval_list(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "list")
     for word in ("processes:", "vp", "dpmpp_2m", "karras", "unet", "dit", "two_moons", "mnist", "demo_moons", "velocity"):
         assert word in out
+
+
+def test_sample_and_eval_honour_the_runs_sample_section(tmp_path, capsys):
+    """`udm sample`/`udm eval` without flags use the run's sampler, steps, n and its options (here DDIM's eta = 1)."""
+    from udm.training import load_trained
+
+    config = {**TINY, "sample": {**TINY["sample"], "n": 12, "eval_n": 40, "options": {"eta": 1.0}}}
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", str(write_config(tmp_path / "tiny.yaml", config)), "--out", str(run), "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "sample", str(run), "--out", str(tmp_path / "s"))
+    assert code == 0, err
+    x = load_file(str(tmp_path / "s" / "samples.safetensors"))["samples"]
+    model, _ = load_trained(str(run))
+    with torch.no_grad():
+        stochastic = udm.sample(model, "ddim", 4, shape=(12, 2), seeds=range(12), eta=1.0)
+        deterministic = udm.sample(model, "ddim", 4, shape=(12, 2), seeds=range(12))
+    torch.testing.assert_close(x, stochastic)
+    assert (x - deterministic).abs().max() > 1e-3
+    code, out, err = run_cli(capsys, "eval", str(run))
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["sampler"] == "ddim" and metrics["steps"] == 4 and metrics["n"] == 40
+    code, _, err = run_cli(capsys, "sample", str(run), "--steps", "0")
+    assert_one_line_error(code, err, "--steps must be >= 1")
 
 
 def test_python_dash_m_is_the_same_command():
@@ -155,11 +182,11 @@ def test_checkpoint_from_another_config(tmp_path, capsys):
 
 @pytest.mark.skipif(find_mnist() is None, reason="MNIST IDX files not found (../shared/data/mnist or $UDM_DATA)")
 def test_mnist_configs_build_on_the_idx_files():
-    from udm.training import build_experiment
+    from udm.training import Experiment
 
     for name in ("mnist_unet", "mnist_dit", "blur_mnist", "mask_mnist"):
         config = load_config(CONFIG_DIR / f"{name}.yaml", {"data.limit": 200})
-        exp = build_experiment(config)
+        exp = Experiment.from_config(config)
         assert tuple(exp.train_data.shape) == (1, 28, 28)
         assert exp.config["network"]["in_channels"] == 1 and exp.config["network"]["image_size"] == 28
 

@@ -1,4 +1,4 @@
-"""Training objectives and time samplers (THEORY §3.2 U1, §4.1; ``udm.losses``).
+"""Training objectives and time samplers (THEORY §3.2 U1, §4.1; ``udm.losses``, ``udm.objectives``).
 
 * every weighting is the x0-space weight it claims: EDM's lambda(sigma) for
   ``prediction="edm"`` (VE and VP), MSE of the named parameterization's
@@ -29,14 +29,13 @@ from torch import nn
 import udm
 from udm.losses import (
     TIME_SAMPLERS,
-    WEIGHTINGS,
     AdaptiveTime,
-    DenoisingLoss,
     LogNormalTime,
     LogSNRTime,
     UniformTime,
     get_time_sampler,
 )
+from udm.objectives import WEIGHTINGS, DenoisingLoss
 from udm.processes.base import Process
 from udm.theory import GaussianMixture
 

@@ -17,7 +17,7 @@ from scipy import stats
 
 import udm
 from udm.denoiser import PFGMParameterization
-from udm.losses import PoissonFieldLoss, empirical_posterior_mean, make_loss
+from udm.objectives import PoissonFieldLoss, empirical_posterior_mean, make_loss
 from udm.processes.pfgm import rules_of_thumb, scales
 from udm.theory.pointmass import PointMasses
 
@@ -84,6 +84,8 @@ def test_rules_of_thumb_reproduce_the_paper_configs() -> None:
         process.perturb(torch.zeros(2, 2))
     process.fit_prior(x)
     assert process.has_prior and process.t_max == pytest.approx(fitted["z_max"])
+    assert process.fit(x, seed=0) == {} and udm.get_process("pfgm").fit(x, seed=0) == fitted
+    assert udm.get_process("pfgm").bind(None).network_options() == {}
 
 
 def test_pfgm_parameterization_round_trip_and_p2_target() -> None:

@@ -17,10 +17,10 @@ import torch
 import udm
 import udm.cli
 from udm.config import ConfigError, load_config
-from udm.denoiser import TokenDenoiser, make_denoiser
-from udm.losses import CrossEntropyLoss, DenoisingLoss, make_loss
+from udm.denoiser import TokenDenoiser
+from udm.objectives import OBJECTIVES, CrossEntropyLoss, DenoisingLoss, make_loss
 from udm.theory.discrete import EnumeratedSequences
-from udm.training import Trainer, build_experiment, load_trained
+from udm.training import Experiment, Trainer, load_trained
 from udm.training.checkpoint import load_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "src" / "udm" / "configs"
@@ -103,7 +103,7 @@ def test_make_loss_and_denoiser_follow_the_prediction() -> None:
     process = udm.get_process("mask", vocab_size=4, seq_len=4)
     assert isinstance(make_loss("logits", "elbo"), CrossEntropyLoss)
     assert isinstance(make_loss("x0", None), DenoisingLoss)
-    assert isinstance(make_denoiser(_Uniform(5), process, "logits"), TokenDenoiser)
+    assert isinstance(OBJECTIVES.get("cross_entropy")({"name": "logits"}).model(_Uniform(5), process), TokenDenoiser)
     with pytest.raises(ValueError, match="use TokenDenoiser"):
         udm.Denoiser(_Uniform(5), process, "logits")
     with pytest.raises(ValueError, match="not an affine function"):
@@ -169,17 +169,17 @@ def test_cold_configs_fit_a_prior_and_train(tmp_path: Path, name: str) -> None:
 def test_blur_kernel_too_large_for_the_images() -> None:
     config = _tiny("demo_blur", **{"process.kernel_size": 27})
     with pytest.raises(ConfigError, match="process 'blur' cannot take data.*kernel"):
-        build_experiment(config)
+        Experiment.from_config(config)
 
 
 @needs_text
 def test_sequence_longer_than_the_context() -> None:
     config = _tiny_text("text_mask", **{"network.seq_len": 4})
     with pytest.raises(ConfigError, match="1 <= L <= 4"):
-        build_experiment(config)
+        Experiment.from_config(config)
     config = _tiny_text("text_mask", **{"process.seq_len": 4})
     with pytest.raises(ConfigError, match="has length 8 but process .mask. has seq_len=4"):
-        build_experiment(config)
+        Experiment.from_config(config)
 
 
 def test_token_id_outside_the_vocabulary() -> None:

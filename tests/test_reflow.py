@@ -19,7 +19,7 @@ from udm.config import ConfigError, validate
 from udm.data import Dataset, load_dataset
 from udm.metrics import sliced_wasserstein
 from udm.theory.gmm import GaussianMixture
-from udm.training import Trainer, build_experiment, load_trained
+from udm.training import Experiment, Trainer, load_trained
 from udm.training.reflow import reflow_dataset, reflow_pairs, straightness
 from udm.training.checkpoint import CheckpointError
 from udm.training.trainer import step_seed
@@ -155,7 +155,7 @@ def test_reflow_loader_round_trip_through_a_config(tiny_run: Path) -> None:
     assert torch.allclose(full.x, expected, atol=1e-6), "x must be the model's ODE samples from the paired noise"
 
     config = reflow_config(tiny_run)
-    exp = build_experiment(config)
+    exp = Experiment.from_config(config)
     assert len(exp.train_data) + len(exp.test_data) == 300
     for part in (exp.train_data, exp.test_data):
         rows = [int(torch.nonzero((full.x == r).all(1))[0]) for r in part.x]

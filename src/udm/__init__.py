@@ -10,20 +10,20 @@ that estimate (the Sampler). The public API:
 * :func:`udm.sample` with ``udm.SAMPLERS`` and ``udm.GRIDS``;
 * :mod:`udm.theory`: exact references (Gaussian mixtures, point masses);
 * :mod:`udm.metrics`: distances between samples;
-* :mod:`udm.nets`, :mod:`udm.losses`, :mod:`udm.data`, :mod:`udm.training`:
-  networks, objectives, datasets and the trainer (``udm.viz`` for plots,
+* :mod:`udm.nets`, :mod:`udm.objectives` (with :mod:`udm.losses`), :mod:`udm.data`,
+  :mod:`udm.training`: networks, objectives, datasets, the experiment and the trainer (``udm.viz`` for plots,
   ``udm.cli`` for the ``udm`` command).
 """
 
-__version__ = "0.1.0"
-
-from . import data, guidance, kernels, losses, metrics, nets, processes, rng, theory, training
+from ._version import __version__
+from . import data, guidance, kernels, losses, metrics, nets, objectives, processes, rng, theory, training
 from .denoiser import PARAMETERIZATIONS, Denoiser, Parameterization, convert, from_x0, to_x0
 from .processes import NOISES, PROCESSES, GaussianProcess, LinearProcess, NotInvertible, Process, get_noise, get_process
 from .samplers import GRIDS, SAMPLERS, get_grid, sample
 
 
 __all__ = [
+    "__version__",
     "GRIDS",
     "PARAMETERIZATIONS",
     "PROCESSES",
@@ -46,6 +46,7 @@ __all__ = [
     "losses",
     "metrics",
     "nets",
+    "objectives",
     "training",
     "theory",
     "processes",

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError
+from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -49,24 +49,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _write_samples(x, out: Path, reference=None, meta: dict[str, str] | None = None) -> list[Path]:
-    """samples.png (grid or scatter) and samples.safetensors (the raw tensor) in ``out``."""
-    from safetensors.torch import save
-
-    from .training.checkpoint import write_atomic
-    from .viz import save_image_grid, scatter_plot
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    if x.ndim == 4:
-        written.append(save_image_grid(x, out / "samples.png"))
-    elif x.ndim == 2 and x.shape[1] == 2:
-        written.append(scatter_plot(x, out / "samples.png", reference=reference))
-    write_atomic(out / "samples.safetensors", save({"samples": x.contiguous()}, metadata=meta))
-    written.append(out / "samples.safetensors")
-    return written
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training import Trainer, distributed
@@ -89,25 +71,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
-    from .training import load_trained
+def _load(args: argparse.Namespace, path: str | None = None):
+    """The Experiment of ``path`` (default the positional checkpoint), EMA weights unless ``--raw-weights``."""
+    from .training import Experiment
 
-    return load_trained(args.checkpoint, use_ema=not args.raw_weights, device=args.device)
-
-
-def _require_generative(model, path: str) -> None:
-    from .classifier import NoisyClassifier
-
-    if isinstance(model, NoisyClassifier):
-        raise ConfigError(f"{path} is a classifier run: it draws no samples; guide a model with it: udm sample MODEL --classifier {path}")
+    return Experiment.from_run(path or args.checkpoint, use_ema=not args.raw_weights, device=args.device)
 
 
-def _run_dir(ckpt_path: Path) -> Path:
-    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+def _require_generative(exp, path: str) -> None:
+    if not exp.objective.generative:
+        guide = f"; guide a model with it: udm sample MODEL --classifier {path}" if exp.objective.network_predicts == "y" else ""
+        raise ConfigError(f"{path} is a {exp.objective.run_kind} run: it draws no samples{guide}")
 
 
-def _conditioned(denoiser, ckpt, args: argparse.Namespace):
-    """The denoiser and labels for ``--class K``, guided by ``--cfg W`` or ``--classifier RUN --gamma G`` (THEORY §2.2).
+def _sampling(exp, args: argparse.Namespace) -> tuple[str, int, dict]:
+    """(sampler, steps, options): the flags where given, else the run's ``sample`` section, whose options apply to its own sampler."""
+    from .samplers import SAMPLERS
+
+    sc = exp.config["sample"]
+    sampler = args.sampler if args.sampler is not None else sc["sampler"]
+    steps = args.steps if args.steps is not None else sc["steps"]
+    SAMPLERS.get(sampler)
+    if steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}")
+    return sampler, steps, dict(sc["options"] or {}) if sampler == sc["sampler"] else {}
+
+
+def _conditioned(exp, args: argparse.Namespace, n: int):
+    """The model and labels for ``--class K``, guided by ``--cfg W`` or ``--classifier RUN --gamma G`` (THEORY §2.2).
 
     ``--cfg`` is classifier-free guidance (G4) of a model trained with label
     dropout; ``--classifier`` is classifier guidance (G2) by a noise-aware
@@ -117,6 +108,7 @@ def _conditioned(denoiser, ckpt, args: argparse.Namespace):
 
     from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 
+    model = exp.model()
     if args.cfg is not None and args.classifier is not None:
         raise ConfigError("--cfg and --classifier are two kinds of guidance: choose one")
     if args.gamma is not None and args.classifier is None:
@@ -124,55 +116,55 @@ def _conditioned(denoiser, ckpt, args: argparse.Namespace):
     if args.label is None:
         if args.cfg is not None or args.classifier is not None:
             raise ConfigError(f"{'--cfg' if args.cfg is not None else '--classifier'} needs --class: guidance steers toward a class")
-        return denoiser, None
-    cond = torch.full((args.n,), args.label, dtype=torch.long)
+        return model, None
+    cond = torch.full((n,), args.label, dtype=torch.long)
     if args.classifier is not None:
-        classifier = _guiding_classifier(ckpt, args)
+        classifier = _guiding_classifier(exp, args)
         if not 0 <= args.label < classifier.num_classes:
             raise ConfigError(f"--class {args.label} is outside the classifier's label set 0..{classifier.num_classes - 1}")
-        return ClassifierGuidance(denoiser, classifier, 1.0 if args.gamma is None else args.gamma), cond
-    classes = getattr(getattr(denoiser, "net", None), "num_classes", None)
+        return ClassifierGuidance(model, classifier, 1.0 if args.gamma is None else args.gamma), cond
+    classes = exp.net.num_classes
     if classes is None:
         raise ConfigError("--class needs a class-conditional model (network.num_classes) or --classifier; this checkpoint's network has none")
     if not 0 <= args.label < classes:
         raise ConfigError(f"--class {args.label} is outside the model's label set 0..{classes - 1}")
-    return (denoiser if args.cfg is None else ClassifierFreeGuidance(denoiser, args.cfg)), cond
+    return (model if args.cfg is None else ClassifierFreeGuidance(model, args.cfg)), cond
 
 
-def _guiding_classifier(ckpt, args: argparse.Namespace):
+def _guiding_classifier(exp, args: argparse.Namespace):
     """The noise-aware classifier of ``--classifier``, checked against the model it guides (data shape and process)."""
-    from .classifier import NoisyClassifier
-    from .training import load_trained
-
-    classifier, cckpt = load_trained(args.classifier, use_ema=not args.raw_weights, device=args.device)
-    if not isinstance(classifier, NoisyClassifier):
+    guide = _load(args, args.classifier)
+    if guide.objective.network_predicts != "y":
         raise ConfigError(f"--classifier {args.classifier} is not a classifier run (train one with loss.objective: classification)")
-    shape, cshape = tuple(ckpt.meta["data"]["shape"]), tuple(cckpt.meta["data"]["shape"])
-    if shape != cshape:
-        raise ConfigError(f"the classifier takes inputs of shape {cshape} but the model generates shape {shape}: train it on the model's data")
-    if cckpt.config["process"] != ckpt.config["process"]:
+    if guide.shape != exp.shape:
         raise ConfigError(
-            f"the classifier was trained on process {cckpt.config['process']} but the model uses {ckpt.config['process']}: "
+            f"the classifier takes inputs of shape {guide.shape} but the model generates shape {exp.shape}: train it on the model's data"
+        )
+    if guide.config["process"] != exp.config["process"]:
+        raise ConfigError(
+            f"the classifier was trained on process {guide.config['process']} but the model uses {exp.config['process']}: "
             "a noise-aware classifier reads the noisy states of one process"
         )
-    return classifier.eval()
+    return guide.model().eval()
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .evaluate import draw_samples
-    from .samplers import SAMPLERS
+    from .training.samples import save_samples
 
-    SAMPLERS.get(args.sampler)
-    if args.n < 1 or args.steps < 1:
-        raise ConfigError(f"--n and --steps must be >= 1, got n={args.n}, steps={args.steps}")
-    denoiser, ckpt = _load(args)
-    _require_generative(denoiser, args.checkpoint)
-    shape = tuple(ckpt.meta["data"]["shape"])
-    denoiser, cond = _conditioned(denoiser, ckpt, args)
-    x, nfe = draw_samples(denoiser, shape, args.n, args.sampler, args.steps, seed=args.seed, grid=args.grid, cond=cond, device=args.device)
-    out = Path(args.out or _run_dir(ckpt.path) / f"samples_step{ckpt.step}_{args.sampler}_{args.steps}")
-    meta = {"checkpoint": str(ckpt.path), "sampler": args.sampler, "steps": str(args.steps), "nfe": str(nfe), "seed": str(args.seed)}
-    for path in _write_samples(x, out, meta=meta):
+    exp = _load(args)
+    _require_generative(exp, args.checkpoint)
+    sampler, steps, options = _sampling(exp, args)
+    n = args.n if args.n is not None else exp.config["sample"]["n"]
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    model, cond = _conditioned(exp, args, n)
+    grid = args.grid or exp.config["sample"]["grid"]
+    x, nfe = draw_samples(model, exp.shape, n, sampler, steps, seed=args.seed, grid=grid, cond=cond, device=args.device, **options)
+    ckpt = exp.checkpoint
+    out = Path(args.out or ckpt.run_dir / f"samples_step{ckpt.step}_{sampler}_{steps}")
+    meta = {"checkpoint": str(ckpt.path), "sampler": sampler, "steps": str(steps), "nfe": str(nfe), "seed": str(args.seed)}
+    for path in save_samples(x, out / "samples", exp.data, meta=meta):
         print(path)
     return 0
 
@@ -218,25 +210,24 @@ def _nll_metrics(denoiser, test, n: int, args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .classifier import NoisyClassifier
+    from .atomic import write_atomic
     from .evaluate import draw_samples, sample_metrics
-    from .training import build_data
-    from .training.checkpoint import write_atomic
 
-    model, ckpt = _load(args)
-    sc = ckpt.config["sample"]
-    train, test = build_data(ckpt.config)
-    n = min(args.n or sc["eval_n"], len(test))
-    metrics = {"checkpoint": str(ckpt.path), "step": ckpt.step}
-    if isinstance(model, NoisyClassifier):
+    exp = _load(args)
+    train, test = exp.splits()
+    n = min(args.n or exp.config["sample"]["eval_n"], len(test))
+    metrics = {"checkpoint": str(exp.checkpoint.path), "step": exp.checkpoint.step}
+    model = exp.model()
+    if not exp.objective.generative:
         if args.nll:
-            raise ConfigError(f"--nll needs a generative model; {args.checkpoint} is a classifier run")
+            raise ConfigError(f"--nll needs a generative model; {args.checkpoint} is a {exp.objective.run_kind} run")
         metrics.update(n=n, **_classifier_metrics(model, test, n, args.seed))
     elif args.nll:
         metrics.update(_nll_metrics(model, test, min(args.n or 256, len(test)), args))
     else:
-        sampler, steps = args.sampler or sc["sampler"], args.steps or sc["steps"]
-        x, nfe = draw_samples(model, tuple(train.shape), n, sampler, steps, seed=args.seed, grid=sc["grid"], device=args.device)
+        sampler, steps, options = _sampling(exp, args)
+        grid = exp.config["sample"]["grid"]
+        x, nfe = draw_samples(model, exp.shape, n, sampler, steps, seed=args.seed, grid=grid, device=args.device, **options)
         metrics.update(sampler=sampler, steps=steps, nfe=nfe, **sample_metrics(x, test, train))
     text = json.dumps(metrics, indent=1)
     print(text)
@@ -268,7 +259,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from .data import DATASETS
     from .denoiser import PARAMETERIZATIONS
-    from .losses import OBJECTIVES, TIME_SAMPLERS, WEIGHTINGS
+    from .losses import TIME_SAMPLERS
+    from .objectives import OBJECTIVES, WEIGHTINGS
     from .nets import NETWORKS
     from .processes import NOISES, PROCESSES
     from .samplers import GRIDS, SAMPLERS
@@ -285,7 +277,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         ("datasets", DATASETS.names()),
         ("time samplers", TIME_SAMPLERS.names()),
         ("loss weightings", list(WEIGHTINGS)),
-        ("loss objectives", list(OBJECTIVES)),
+        ("loss objectives", OBJECTIVES.names()),
         ("configs", bundled_configs()),
         ("demo processes", PROCESS_DEMOS.names()),
         ("check cases", CHECK_CASES.names()),
@@ -319,9 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, helptext in (("sample", cmd_sample, "draw samples from a checkpoint"), ("eval", cmd_eval, "score a checkpoint against held-out data")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("checkpoint", help="a checkpoint folder, a checkpoints/ folder or a run folder (latest checkpoint)")
-        p.add_argument("--sampler", default=None if name == "eval" else "dpmpp_2m")
-        p.add_argument("--steps", type=int, default=None if name == "eval" else 50)
-        p.add_argument("--n", type=int, default=None if name == "eval" else 64)
+        p.add_argument("--sampler", default=None, help="a sampler (default: the run's sample.sampler, with its sample.options)")
+        p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's sample.steps)")
+        p.add_argument("--n", type=int, default=None, help="how many samples (default: the run's sample.n; eval: sample.eval_n)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", help="output folder (sample) or JSON file (eval)")
         p.add_argument("--device", default=None)
@@ -332,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per sample for --nll")
             p.add_argument("--rtol", type=float, default=1e-5, help="RK45 relative (and absolute) tolerance for --nll")
         if name == "sample":
-            p.add_argument("--grid", default=None, help="time grid (see `udm list`)")
+            p.add_argument("--grid", default=None, help="time grid (see `udm list`; default: the run's sample.grid)")
             p.add_argument("--class", dest="label", type=int, default=None, help="class label to sample (a class-conditional model)")
             p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance weight w: (1+w) cond - w uncond")
             p.add_argument("--classifier", default=None, help="a noise-aware classifier run to guide with (classifier guidance)")

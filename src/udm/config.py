@@ -21,11 +21,8 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
 from .registry import Registry
-
-
-class ConfigError(ValueError):
-    """A config key or value is wrong; the message names the key and what is allowed."""
 
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -54,9 +51,6 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 SAMPLE_DEFAULTS: dict[str, Any] = {"sampler": "dpmpp_2m", "steps": 50, "grid": None, "n": 64, "eval_n": 2000, "options": {}}
-LOSS_DEFAULTS: dict[str, Any] = {
-    "objective": "auto", "weighting": "target", "time_sampler": {"name": "uniform"}, "gamma": 5.0, "norm": "l2", "points": None
-}
 TOP_KEYS = ("name", "seed", "data", "process", "prediction", "network", "loss", "train", "sample")
 REQUIRED = ("data", "process", "network")
 
@@ -170,10 +164,11 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     """Check every key and value of ``config`` and return it with all defaults filled in."""
     from .data import DATASETS
     from .denoiser import PARAMETERIZATIONS
-    from .losses import CE_WEIGHTINGS, NORMS, OBJECTIVES, TIME_SAMPLERS, WEIGHTINGS
+    from .losses import TIME_SAMPLERS
     from .nets import NETWORKS
+    from .objectives import LOSS_DEFAULTS, OBJECTIVES, build_objective
     from .processes import PROCESSES
-    from .samplers import SAMPLERS
+    from .samplers.run import SAMPLERS, check_sampler_options
 
     if not isinstance(config, Mapping):
         raise ConfigError(f"a config must be a mapping of sections ({', '.join(TOP_KEYS)}), got {type(config).__name__}")
@@ -193,64 +188,58 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     data.setdefault("test_fraction", 0.1)
     if not isinstance(data["test_fraction"], (int, float)) or not 0.0 < data["test_fraction"] < 1.0:
         raise ConfigError(f"config key 'data.test_fraction' must be in (0, 1), got {data['test_fraction']!r}")
-    check_options("data", "dataset", data["name"], DATASETS.get(data["name"]), _opts(data, "test_fraction"))
+    check_options("data", "dataset", data["name"], DATASETS.get(data["name"]), options(data, "test_fraction"))
     out["data"] = data
 
     process = _named("process", config["process"], PROCESSES)
-    check_options("process", "process", process["name"], PROCESSES.get(process["name"]), _opts(process))
+    check_options("process", "process", process["name"], PROCESSES.get(process["name"]), options(process))
     out["process"] = process
 
     prediction = _named("prediction", config.get("prediction"), PARAMETERIZATIONS, default="eps")
-    check_options("prediction", "parameterization", prediction["name"], PARAMETERIZATIONS.get(prediction["name"]), _opts(prediction))
+    check_options("prediction", "parameterization", prediction["name"], PARAMETERIZATIONS.get(prediction["name"]), options(prediction))
     out["prediction"] = prediction
 
     network = _named("network", config["network"], NETWORKS)
-    check_options("network", "network", network["name"], NETWORKS.get(network["name"]), _opts(network))
+    check_options("network", "network", network["name"], NETWORKS.get(network["name"]), options(network))
     out["network"] = network
 
     loss = _merge_known("loss", config.get("loss"), LOSS_DEFAULTS)
-    logits = prediction["name"] == "logits"
-    allowed = ("target", *CE_WEIGHTINGS) if logits else WEIGHTINGS
-    if loss["weighting"] not in allowed:
-        raise ConfigError(
-            f"config key 'loss.weighting' is {loss['weighting']!r}; allowed values with prediction "
-            f"{prediction['name']!r}: {', '.join(allowed)}"
-        )
-    if loss["norm"] not in NORMS or (loss["norm"] != "l2" and (logits or loss["weighting"] != "target")):
-        raise ConfigError(
-            f"config key 'loss.norm' is {loss['norm']!r}; allowed: l2, or l1 with weighting 'target' "
-            "(the cold-diffusion restoration loss); the logits prediction takes l2 (cross-entropy)"
-        )
-    if loss["objective"] not in OBJECTIVES:
-        raise ConfigError(f"config key 'loss.objective' is {loss['objective']!r}; allowed: {', '.join(OBJECTIVES)}")
-    if loss["objective"] == "poisson_field" and prediction["name"] != "pfgm":
-        raise ConfigError("config key 'loss.objective' is 'poisson_field', which trains prediction 'pfgm' (PFGM's normalized field)")
-    if (loss["objective"] == "classification") != (network["name"] == "classifier"):
-        raise ConfigError(
-            f"config key 'loss.objective' is {loss['objective']!r} with network {network['name']!r}: a noise-aware classifier "
-            "is network 'classifier' trained with loss.objective 'classification', and neither goes without the other"
-        )
     ts = _named("loss.time_sampler", loss["time_sampler"], TIME_SAMPLERS, default="uniform")
-    check_options("loss.time_sampler", "time sampler", ts["name"], TIME_SAMPLERS.get(ts["name"]), _opts(ts))
+    check_options("loss.time_sampler", "time sampler", ts["name"], TIME_SAMPLERS.get(ts["name"]), options(ts))
     loss["time_sampler"] = ts
+    try:
+        objective = build_objective(prediction, loss)
+    except ValueError as e:
+        raise ConfigError(f"config section 'loss' (objective {loss['objective']!r}, prediction {prediction['name']!r}): {e}") from e
+    loss["objective"] = objective.name
+    predicts = NETWORKS.get(network["name"]).predicts
+    if predicts != objective.network_predicts:
+        nets = [n for n in NETWORKS if NETWORKS.get(n).predicts == objective.network_predicts]
+        objectives = [n for n in OBJECTIVES if OBJECTIVES.get(n).network_predicts == predicts]
+        raise ConfigError(
+            f"config key 'loss.objective' is {objective.name!r} with network {network['name']!r}: the objective trains networks "
+            f"that predict {objective.network_predicts!r} ({', '.join(nets)}), and this network predicts {predicts!r}, "
+            f"which only objective(s) {', '.join(objectives) or 'none'} train: neither goes without the other"
+        )
     out["loss"] = loss
 
     train = _merge_known("train", config.get("train"), TRAIN_DEFAULTS)
     if "ema" in (config.get("train") or {}):
         train["ema"] = copy.deepcopy(config["train"]["ema"])
     _check_train(train)
-    if loss["objective"] == "classification" and train["sample_every"]:
-        raise ConfigError("config key 'train.sample_every' must be 0 for a classifier: a classifier run draws no samples")
+    if not objective.generative and train["sample_every"]:
+        raise ConfigError(f"config key 'train.sample_every' must be 0 for objective {objective.name!r}: its model draws no samples")
     out["train"] = train
 
     sample = _merge_known("sample", config.get("sample"), SAMPLE_DEFAULTS)
     if sample["sampler"] not in SAMPLERS:
         raise ConfigError(f"config key 'sample.sampler': unknown sampler {sample['sampler']!r}; valid samplers: {', '.join(SAMPLERS.names())}")
-    fn = SAMPLERS.get(sample["sampler"])
-    kw_only = [k for k, p in inspect.signature(fn).parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("callback", "generator")]
-    for key in sample["options"] or {}:
-        if key not in kw_only:
-            raise ConfigError(f"config key 'sample.options.{key}' is not an option of sampler {sample['sampler']!r}; allowed: {', '.join(kw_only) or 'none'}")
+    if not isinstance(sample["options"] or {}, Mapping):
+        raise ConfigError(f"config key 'sample.options' must be a mapping of sampler options, got {sample['options']!r}")
+    try:
+        check_sampler_options(sample["sampler"], sample["options"] or {})
+    except ValueError as err:
+        raise ConfigError(f"config key 'sample.options': {err}") from None
     for key in ("steps", "n", "eval_n"):
         if not isinstance(sample[key], int) or sample[key] < 1:
             raise ConfigError(f"config key 'sample.{key}' must be an integer >= 1, got {sample[key]!r}")
@@ -258,13 +247,9 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _opts(section: Mapping[str, Any], *skip: str) -> dict[str, Any]:
-    return {k: v for k, v in section.items() if k != "name" and k not in skip}
-
-
 def options(section: Mapping[str, Any], *skip: str) -> dict[str, Any]:
     """A named section's keyword options (everything but ``name`` and ``skip``)."""
-    return _opts(section, *skip)
+    return {k: v for k, v in section.items() if k != "name" and k not in skip}
 
 
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

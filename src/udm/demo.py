@@ -36,7 +36,7 @@ from .config import load_config
 from .evaluate import classifier_scores, sample_metrics
 from .samplers import sample
 from .training import Trainer, read_log
-from .training.checkpoint import write_atomic
+from .atomic import write_atomic
 from .registry import Registry
 from .viz import loss_curve, save_image_grid, save_text_samples, scatter_plot, trajectory_grid, trajectory_plot
 

@@ -1,29 +1,13 @@
-"""Training objectives for any parameterization, driven by the process (THEORY §3.2 U1, §4.1).
+"""Time samplers and the base of every training loss (THEORY §3.2 U1: the objective averages over t).
 
-One denoising loss covers every Gaussian-family model. Draw t from a time
-sampler, eps ~ q, x_t = F_t(x0, eps); the network outputs its
-parameterization's target a(t) x_t + b(t) x0 (see :mod:`udm.denoiser`), so
-
-    ||pred - target||^2 = b(t)^2 ||x0_hat - x0||^2.
-
-Every weighting in the literature is therefore an x0-space weight lambda(t):
-
-* ``weighting="target"`` (default): plain MSE in the network's own
-  parameterization, lambda = b_pred^2. With ``prediction="edm"`` this *is*
-  EDM's lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2
-  (Karras et al. 2022, eq. 8), because b_edm = 1 / c_out;
-* a parameterization name (``"eps"``, ``"x0"``, ``"v"``, ``"velocity"``,
-  ``"score"``, ``"edm"``): MSE as if the network predicted that quantity,
-  lambda = b_kind^2 (``"eps"`` is the DDPM "simple" loss, lambda = SNR);
-* ``"min_snr"``: min(SNR, gamma) (Hang et al. 2023);
-* ``"likelihood"``: g(t)^2 times score matching, lambda = g^2 alpha^2 / sigma^4,
-  the weighting for which the loss bounds the NLL (Song et al. 2021).
-
-The loss is evaluated as (lambda / b_pred^2) ||pred - target||^2, so it never
-divides by a vanishing b. The time samplers in ``TIME_SAMPLERS`` return a
-time and an importance weight; with ``importance=True`` the weight makes the
-objective an unbiased estimate of the *uniform-in-t* objective, whatever
-density the times are drawn from (THEORY §3.2: U1 averages over t).
+A training loss draws a time t from a *time sampler*, noise eps ~ q and
+x_t = F_t(x0, eps), and scores the model at (x_t, t). The time samplers in
+``TIME_SAMPLERS`` return a time and an importance weight; with
+``importance=True`` the weight makes the objective an unbiased estimate of the
+*uniform-in-t* objective, whatever density the times are drawn from.
+:class:`Loss` holds what every loss shares (the time sampler, drawing
+(t, w, eps), its checkpointed state); the losses themselves live with their
+objectives in :mod:`udm.objectives`.
 """
 
 from __future__ import annotations
@@ -31,16 +15,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from .denoiser import Denoiser, from_x0, get_parameterization
-from .processes.base import Process
-from .processes.gaussian import require_gaussian, require_linear
+from .processes.base import LinearPath, Process, require
 from .registry import Registry
 
 Tensor = torch.Tensor
-
 
 def _uniform01(n: int, generator: torch.Generator | None, device: torch.device | str | None) -> Tensor:
     dev = generator.device if generator is not None else device
@@ -131,14 +113,14 @@ class LogNormalTime(TimeSampler):
         self.p_mean, self.p_std = float(p_mean), float(p_std)
 
     def draw(self, process: Process, n: int, generator, device) -> Tensor:
-        p = require_linear(process, "the lognormal time sampler")
+        p = require(process, LinearPath, "the lognormal time sampler")
         dev = generator.device if generator is not None else device
         z = torch.randn(n, generator=generator, dtype=torch.float64, device=dev)
         t = p.t_from_sigma_tilde(torch.exp(self.p_mean + self.p_std * z))
         return t.clamp(process.t_eps, process.t_max)
 
     def log_density(self, process: Process, t: Tensor) -> Tensor:
-        p = require_linear(process, "the lognormal time sampler")
+        p = require(process, LinearPath, "the lognormal time sampler")
         z = (torch.log(p.sigma_tilde(t)) - self.p_mean) / self.p_std
         jac = 0.5 * p.dlog_snr(t).abs()
         return -0.5 * z**2 - math.log(self.p_std * math.sqrt(2 * math.pi)) + torch.log(jac)
@@ -157,7 +139,7 @@ class LogSNRTime(TimeSampler):
         self.min_log_snr, self.max_log_snr = min_log_snr, max_log_snr
 
     def _range(self, process: Process) -> tuple[float, float]:
-        p = require_linear(process, "the logsnr time sampler")
+        p = require(process, LinearPath, "the logsnr time sampler")
         lo = float(p.log_snr(process.t_max)) if self.min_log_snr is None else float(self.min_log_snr)
         hi = float(p.log_snr(process.t_eps)) if self.max_log_snr is None else float(self.max_log_snr)
         if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -176,7 +158,7 @@ class LogSNRTime(TimeSampler):
 
     def log_density(self, process: Process, t: Tensor) -> Tensor:
         lo, hi = self._range(process)
-        p = require_linear(process, "the logsnr time sampler")
+        p = require(process, LinearPath, "the logsnr time sampler")
         return torch.log(p.dlog_snr(t).abs()) - math.log(hi - lo)
 
     def config(self) -> dict:
@@ -285,29 +267,7 @@ for _cls in (UniformTime, LogNormalTime, LogSNRTime, LogUniformTime, AdaptiveTim
 
 def get_time_sampler(spec: str | dict | TimeSampler | None) -> TimeSampler:
     """A time sampler from a name, a ``{"name": ..., **options}`` dict, or an instance (None: uniform)."""
-    if isinstance(spec, TimeSampler):
-        return spec
-    if spec is None:
-        return UniformTime()
-    if isinstance(spec, str):
-        return TIME_SAMPLERS.get(spec)()
-    opts = dict(spec)
-    return TIME_SAMPLERS.get(opts.pop("name", "uniform"))(**opts)
-
-
-def _x0_weight(process: Process, t: Tensor, weighting: str, gamma: float) -> Tensor:
-    """lambda(t): the weight on ||x0_hat - x0||^2 that ``weighting`` means (module docstring)."""
-    if weighting == "min_snr":
-        return torch.clamp(torch.exp(require_linear(process, "min_snr weighting").log_snr(t)), max=gamma)
-    if weighting == "likelihood":
-        p = require_gaussian(process, "likelihood weighting")
-        _, g2 = p.sde(t)
-        return g2 * p.alpha(t) ** 2 / p.sigma(t) ** 4
-    _, b = get_parameterization(weighting).coefficients(process, t)
-    return b**2
-
-
-WEIGHTINGS = ("target", "x0", "eps", "score", "v", "velocity", "edm", "min_snr", "likelihood")
+    return TIME_SAMPLERS.build(spec, "uniform", TimeSampler)
 
 
 @dataclass
@@ -326,15 +286,12 @@ class LossOutput:
     objective: Tensor
 
 
-NORMS = ("l2", "l1")
+class Loss:
+    """What every training loss shares: the time sampler, drawing (t, w, eps), and its checkpointed state.
 
-
-class Objective:
-    """What every training objective shares: the time sampler, drawing (t, w, eps), and its checkpointed state.
-
-    Subclasses implement ``__call__(denoiser, x0, cond=None, generator=None, *, t=None, w=None, eps=None)``
-    and use :meth:`times_and_noise` for the (t, w, eps) they were not given (distributed training
-    draws them for the global batch and passes each rank its slice).
+    Calling a loss draws the (t, w, eps) it was not given (distributed training
+    draws them for the global batch and passes each rank its slice) and hands
+    them to :meth:`at`, the one method a subclass writes.
     """
 
     def __init__(self, time_sampler: str | dict | TimeSampler | None = None) -> None:
@@ -362,273 +319,28 @@ class Objective:
             eps = eps_drawn if eps is None else eps
         return t, torch.ones_like(t) if w is None else w, eps
 
+    def __call__(
+        self,
+        model: Any,
+        x0: Tensor,
+        cond: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        t: Tensor | None = None,
+        w: Tensor | None = None,
+        eps: Tensor | None = None,
+    ) -> LossOutput:
+        """The loss on a batch ``x0`` for ``model`` (a denoiser or classifier carrying its process)."""
+        t, w, eps = self.times_and_noise(model.process, x0, generator, t, w, eps)
+        return self.at(model, x0, cond, t, w, eps)
+
+    def at(self, model: Any, x0: Tensor, cond: Tensor | None, t: Tensor, w: Tensor, eps: Tensor) -> LossOutput:
+        """The loss on ``x0`` at times ``t`` with importance weights ``w`` and noise ``eps``."""
+        raise NotImplementedError(f"{type(self).__name__} must define at(model, x0, cond, t, w, eps)")
+
     def state_dict(self) -> dict[str, Tensor]:
         """The time sampler's state (checkpointed for exact resume)."""
         return self.time_sampler.state_dict()
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.time_sampler.load_state_dict(state)
-
-
-class DenoisingLoss(Objective):
-    """E_t E_{x0, eps} w(t) lambda(t) ||x0_hat(F_t(x0, eps), t) - x0||^2, computed in the network's target space.
-
-    ``weighting`` is one of ``WEIGHTINGS`` (module docstring); ``time_sampler``
-    a ``TIME_SAMPLERS`` spec; ``gamma`` the min-SNR cap. Works for any process
-    with the Process protocol: Gaussian-family parameterizations need a
-    Gaussian process, the ``x0`` prediction works for any continuous one.
-
-    ``norm="l1"`` is the restoration loss ||x0 - G_t(x_t)||_1 of cold
-    diffusion, the Laplace ("l1 normal") posterior family of THEORY §4.2; the
-    weightings are L2 identities, so L1 takes the network's own target only.
-    """
-
-    def __init__(
-        self,
-        weighting: str = "target",
-        time_sampler: str | dict | TimeSampler | None = None,
-        gamma: float = 5.0,
-        norm: str = "l2",
-    ) -> None:
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown loss weighting {weighting!r}; valid weightings: {', '.join(WEIGHTINGS)}")
-        if norm not in NORMS:
-            raise ValueError(f"unknown loss norm {norm!r}; valid norms: {', '.join(NORMS)}")
-        if norm == "l1" and weighting != "target":
-            raise ValueError(f"the l1 norm takes weighting 'target' (the weightings are L2 identities), got {weighting!r}")
-        super().__init__(time_sampler)
-        self.weighting = weighting
-        self.gamma = float(gamma)
-        self.norm = norm
-
-    def rows(self, n: int) -> int:
-        """How many rows of a batch of ``n`` are training points (all of them here)."""
-        return n
-
-    def regression_x0(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """The clean value the network's target is built from at the training points ``x_t``: their own x0 here."""
-        return x0[: x_t.shape[0]]
-
-    def factor(self, denoiser: Denoiser, t: Tensor) -> Tensor | None:
-        """lambda(t) / b_pred(t)^2 (None when the weighting is the network's own target: factor 1)."""
-        if self.weighting in ("target", denoiser.prediction):
-            return None
-        _, b = denoiser.parameterization.coefficients(denoiser.process, t)
-        return _x0_weight(denoiser.process, t, self.weighting, self.gamma) / b**2
-
-    def __call__(
-        self,
-        denoiser: Denoiser,
-        x0: Tensor,
-        cond: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        *,
-        t: Tensor | None = None,
-        w: Tensor | None = None,
-        eps: Tensor | None = None,
-    ) -> LossOutput:
-        """The loss on a batch ``x0``; (t, w, eps) are drawn unless given (distributed training slices them)."""
-        process = denoiser.process
-        t, w, eps = self.times_and_noise(process, x0, generator, t, w, eps)
-        n = self.rows(x0.shape[0])
-        t, w, eps = t[:n], w[:n], eps[:n]
-        x_t = process.corrupt(x0[:n], t, eps)
-        pred = denoiser.raw(x_t, t, None if cond is None else cond[:n])
-        target = from_x0(self.regression_x0(x0, x_t, t), x_t, t, process, denoiser.parameterization)
-        dtype = torch.promote_types(pred.dtype, torch.float32)  # at least float32; float64 stays float64
-        diff = pred.to(dtype) - target.to(dtype)
-        err = (diff.abs() if self.norm == "l1" else diff.pow(2)).flatten(1).mean(1)
-        factor = self.factor(denoiser, t)
-        scale = w if factor is None else w * factor.reshape(-1)
-        per_sample = err * scale.to(err.dtype)
-        objective = (err if factor is None else err * factor.reshape(-1).to(err.dtype)).detach()
-        return LossOutput(per_sample.mean(), per_sample, t, w, objective)
-
-    def config(self) -> dict:
-        return {"weighting": self.weighting, "time_sampler": self.time_sampler.config(), "gamma": self.gamma, "norm": self.norm}
-
-
-CE_WEIGHTINGS = ("uniform", "elbo")
-
-
-class CrossEntropyLoss(Objective):
-    """E_t E_{x0, eps} w(t) [-log q(x0 | F_t(x0, eps), t)] for categorical q (THEORY §3.1 "discrete data", U1).
-
-    The network outputs logits over the vocabulary at every position; the loss
-    is the token cross-entropy at the positions the process says carry
-    information about x0 (``process.loss_positions(x_t, x0)``: the masked ones
-    for the absorbing process, THEORY §4.4; all of them by default).
-
-    * ``weighting="uniform"``: the mean cross-entropy over those positions;
-    * ``weighting="elbo"``: ``process.elbo_weight(t)`` times their *sum*,
-      divided by the length L, so that E_t[...] with t from the uniform time
-      sampler is an upper bound on -log p(x0) / L in nats per token (the
-      absorbing-process ELBO; divide by ln 2 for bits per token).
-
-    The mask column of a mask process's logits (id V) is not a data token and
-    is dropped before the softmax, so it cannot absorb probability.
-    """
-
-    def __init__(self, weighting: str = "uniform", time_sampler: str | dict | TimeSampler | None = None) -> None:
-        if weighting not in CE_WEIGHTINGS:
-            raise ValueError(f"unknown cross-entropy weighting {weighting!r}; valid weightings: {', '.join(CE_WEIGHTINGS)}")
-        super().__init__(time_sampler)
-        self.weighting = weighting
-
-    def __call__(
-        self,
-        denoiser,
-        x0: Tensor,
-        cond: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        *,
-        t: Tensor | None = None,
-        w: Tensor | None = None,
-        eps: Tensor | None = None,
-    ) -> LossOutput:
-        """The loss on a batch of token sequences ``x0`` (B, L); (t, w, eps) are drawn unless given."""
-        process = denoiser.process
-        t, w, eps = self.times_and_noise(process, x0, generator, t, w, eps)
-        x_t = process.corrupt(x0, t, eps)
-        logits = denoiser.raw(x_t, t, cond)
-        vocab = getattr(process, "vocab_size", logits.shape[-1])
-        logp = torch.log_softmax(logits[..., :vocab].float(), dim=-1)
-        nll = -logp.gather(-1, x0.long().unsqueeze(-1)).squeeze(-1).flatten(1)
-        positions = getattr(process, "loss_positions", None)
-        keep = torch.ones_like(nll) if positions is None else positions(x_t, x0).flatten(1).to(nll.dtype)
-        total = (nll * keep).sum(1)
-        if self.weighting == "elbo":
-            if not hasattr(process, "elbo_weight"):
-                raise ValueError(f"process {process.name!r} has no ELBO weight; use weighting 'uniform'")
-            objective = process.elbo_weight(t).reshape(-1).to(total.dtype) * total / nll.shape[1]
-        else:
-            objective = total / keep.sum(1).clamp(min=1.0)
-        per_sample = objective * w.to(objective.dtype)
-        return LossOutput(per_sample.mean(), per_sample, t, w, objective.detach())
-
-    def config(self) -> dict:
-        return {"weighting": self.weighting, "time_sampler": self.time_sampler.config()}
-
-
-def empirical_posterior_mean(x: Tensor, z: Tensor, reference: Tensor) -> Tensor:
-    """sum_j w_j y_j with PFGM's stable weights w_j ∝ (|x - y_j|^2 + z^2)^(-(N+1)/2) (THEORY §6.2, P2 step 1).
-
-    These are the posterior weights of the gravity (Cauchy) kernel over the
-    reference batch, computed as a softmax of -(N+1) log d_j, which is P2's
-    (min_k d_k / d_j)^(N+1), renormalized. ``z`` is per sample (n,).
-    """
-    xf, yf = x.flatten(1).to(torch.float64), reference.flatten(1).to(torch.float64)
-    d2 = torch.cdist(xf, yf).pow(2) + z.to(torch.float64).reshape(-1, 1) ** 2
-    w = torch.softmax(-0.5 * (xf.shape[1] + 1) * torch.log(d2), dim=1)
-    return (w @ yf).reshape(x.shape).to(x.dtype)
-
-
-class PoissonFieldLoss(DenoisingLoss):
-    """PFGM's objective (THEORY §6.2, P1 + P2): regress the normalized empirical field of the batch.
-
-    (z, eps) come from the process's P1 perturbation (``process.perturb``) for
-    the first ``points`` rows of the batch (all rows by default); the target is
-    the field of the *whole* batch at those points, i.e. the ``pfgm``
-    parameterization of the empirical posterior mean (:func:`empirical_posterior_mean`).
-    A batch of B rows with ``points`` = n is the paper's large batch B / small batch n.
-    The target is biased for finite B (normalization after averaging, §6.1);
-    the unbiased alternative is :class:`DenoisingLoss` on the same process (the
-    conditional-velocity target of §7.2, GF1).
-    """
-
-    def __init__(self, points: int | None = None) -> None:
-        if points is not None and points < 1:
-            raise ValueError(f"poisson_field loss: points must be >= 1, got {points}")
-        super().__init__("target")
-        self.points = points
-
-    def draw(self, process: Process, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """P1's (z, eps) for every row and unit weights."""
-        perturb = getattr(process, "perturb", None)
-        if perturb is None:
-            raise ValueError(f"the poisson_field loss needs PFGM's perturbation (process 'pfgm'), got process {process.name!r}")
-        z, eps = perturb(x0, generator)
-        return z, torch.ones_like(z), eps
-
-    def rows(self, n: int) -> int:
-        """The small batch: the first ``points`` rows."""
-        return min(self.points or n, n)
-
-    def regression_x0(self, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        """The posterior mean of the whole batch's field at x_t (P2)."""
-        return empirical_posterior_mean(x_t, t, x0)
-
-    def config(self) -> dict:
-        return {"objective": "poisson_field", "points": self.points}
-
-
-class ClassificationLoss(Objective):
-    """E_t E_{x0, y, eps} w(t) [-log p(y | F_t(x0, eps), t)]: a noise-aware classifier's cross-entropy (THEORY §2.2, G1).
-
-    The batch's labels arrive as ``cond``. Times come from the time sampler as
-    for a denoiser, so the classifier learns the noise levels a sampler visits;
-    ``model`` is a :class:`udm.classifier.NoisyClassifier`.
-    """
-
-    def __call__(
-        self,
-        model: torch.nn.Module,
-        x0: Tensor,
-        cond: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        *,
-        t: Tensor | None = None,
-        w: Tensor | None = None,
-        eps: Tensor | None = None,
-    ) -> LossOutput:
-        """The cross-entropy on a labelled batch; (t, w, eps) are drawn unless given."""
-        if cond is None:
-            raise ValueError("the classification objective needs class labels: train it on labelled data")
-        process = model.process
-        t, w, eps = self.times_and_noise(process, x0, generator, t, w, eps)
-        logits = model.raw(process.corrupt(x0, t, eps), t)
-        ce = torch.nn.functional.cross_entropy(logits.float(), cond.to(logits.device), reduction="none")
-        per_sample = ce * w.to(ce.dtype)
-        return LossOutput(per_sample.mean(), per_sample, t, w, ce.detach())
-
-    def config(self) -> dict:
-        return {"objective": "classification", "time_sampler": self.time_sampler.config()}
-
-
-OBJECTIVES = ("auto", "denoising", "cross_entropy", "poisson_field", "classification")
-
-
-def make_loss(
-    prediction: str,
-    weighting: str | None = None,
-    time_sampler: str | dict | TimeSampler | None = None,
-    gamma: float = 5.0,
-    norm: str = "l2",
-    objective: str = "auto",
-    points: int | None = None,
-) -> Objective:
-    """The training objective a config asks for: cross-entropy for the ``logits`` prediction, else denoising.
-
-    ``weighting=None`` (or ``"target"`` with logits) takes each loss's default.
-    ``objective="poisson_field"`` is PFGM's P1 + P2 objective on ``points`` rows per batch;
-    ``objective="classification"`` trains a noise-aware classifier (the prediction is not used).
-    """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVES)}")
-    if objective == "classification":
-        if weighting not in (None, "target") or norm != "l2" or points is not None:
-            raise ValueError("the classification objective is a cross-entropy: it takes no loss weighting, norm or points")
-        return ClassificationLoss(time_sampler)
-    if objective == "poisson_field":
-        if prediction != "pfgm" or weighting not in (None, "target"):
-            raise ValueError("the poisson_field objective trains the 'pfgm' prediction with weighting 'target'")
-        return PoissonFieldLoss(points)
-    if objective == "cross_entropy" and prediction != "logits":
-        raise ValueError("the cross_entropy objective needs the 'logits' prediction")
-    if points is not None:
-        raise ValueError("loss.points applies to the poisson_field objective only")
-    if prediction == "logits":
-        if norm != "l2":
-            raise ValueError("loss.norm applies to the denoising loss; the logits prediction is trained by cross-entropy")
-        return CrossEntropyLoss("uniform" if weighting in (None, "target") else weighting, time_sampler)
-    return DenoisingLoss(weighting or "target", time_sampler, gamma, norm)

@@ -20,7 +20,8 @@ optional int64 labels ``y``). Registered names:
 * ``array``: ``.npy`` / ``.npz`` files (``path``, ``key``, ``kind``);
 * ``reflow``: couplings (x0, x1) drawn from a trained rectified-flow run, x1
   kept as the paired ``noise`` (``run``, ``pairs``, ``sampler``, ``steps``,
-  ``seed``; :mod:`udm.data.reflow`).
+  ``seed``). It loads a trained model, so it lives in (and is registered
+  from) :mod:`udm.training.reflow`, above this layer.
 """
 
 from .arrays import array
@@ -28,7 +29,6 @@ from .base import DATASETS, KINDS, Dataset, from_uint8, load_dataset, loader_opt
 from .images import IMAGE_SUFFIXES, digits, image_folder
 from .idx import binary_mnist, find_mnist, mnist, mnist_files, mnist_search_dirs, read_idx
 from .paths import DATA_ENV, data_search_dirs, default_data_dir
-from .reflow import reflow
 from .text import find_tinyshakespeare, text_file, tinyshakespeare, tinyshakespeare_candidates
 from .toys import TOYS, checkerboard, eight_gaussians, rings, swiss_roll, two_moons
 
@@ -56,7 +56,6 @@ __all__ = [
     "mnist_files",
     "mnist_search_dirs",
     "read_idx",
-    "reflow",
     "rings",
     "swiss_roll",
     "text_file",

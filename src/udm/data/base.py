@@ -286,21 +286,7 @@ class Dataset:
             raise ValueError(
                 f"dataset {self.name!r} has no vocab to decode with; only text token data sets (vocab=...) can decode"
             )
-        ids = torch.as_tensor(tokens.detach().cpu() if isinstance(tokens, Tensor) else np.asarray(tokens))
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"decode expects integer token ids, got {ids.dtype}")
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2:
-            raise ValueError(f"decode expects token ids of shape (L,) or (N, L), got {tuple(ids.shape)}")
-        out = (ids < 0) | (ids >= len(self.vocab))
-        if bool(out.any()):
-            i, j = (int(v) for v in out.nonzero()[0])
-            raise ValueError(
-                f"cannot decode id {int(ids[i, j])} at [{i}, {j}]: the vocab of {self.name!r} has ids 0..{len(self.vocab) - 1}"
-            )
-        vocab = self.vocab
-        return ["".join(vocab[t] for t in row) for row in ids.tolist()]
+        return decode(self.vocab, tokens, self.name)
 
 
 def to_uint8(x: Tensor) -> Tensor:
@@ -338,3 +324,19 @@ def load_dataset(name: str, **options: object) -> Dataset:
                 f"unknown option {key!r} for dataset {name!r}; allowed options: {', '.join(allowed) or '(none)'}"
             )
     return loader(**options)
+
+
+def decode(vocab: Sequence[str], tokens: Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]], name: str = "the data") -> list[str]:
+    """The text of token ids under ``vocab`` (one string per row; see :meth:`Dataset.decode`)."""
+    ids = torch.as_tensor(tokens.detach().cpu() if isinstance(tokens, Tensor) else np.asarray(tokens))
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"decode expects integer token ids, got {ids.dtype}")
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2:
+        raise ValueError(f"decode expects token ids of shape (L,) or (N, L), got {tuple(ids.shape)}")
+    out = (ids < 0) | (ids >= len(vocab))
+    if bool(out.any()):
+        i, j = (int(v) for v in out.nonzero()[0])
+        raise ValueError(f"cannot decode id {int(ids[i, j])} at [{i}, {j}]: the vocab of {name!r} has ids 0..{len(vocab) - 1}")
+    return ["".join(vocab[t] for t in row) for row in ids.tolist()]

@@ -2,7 +2,9 @@
 
 The exception is the ``classifier``: it maps (x_t, t) to class logits.
 
-Networks know nothing about diffusion processes. ``t`` is the noise-level
+Every network is a :class:`Network`: it declares ``predicts`` (``"x0"``, or
+``"y"`` for the classifier), ``num_classes`` and ``null_class``. Networks
+know nothing about diffusion processes. ``t`` is the noise-level
 input the caller chooses (raw time, DDPM step, EDM's c_noise), embedded as
 ``t * time_scale``; ``cond`` is an optional LongTensor of class labels whose
 value ``net.null_class`` (= num_classes) is the null label of classifier-free
@@ -27,7 +29,7 @@ from torch import nn
 
 from ..registry import Registry
 from .classifier import Classifier
-from .embeddings import ClassEmbedding, ConditionEmbedding, FourierEmbedding, SinusoidalEmbedding, TimeEmbedding
+from .embeddings import ClassEmbedding, ConditionEmbedding, FourierEmbedding, Network, SinusoidalEmbedding, TimeEmbedding
 from .latent import LatentTransformer, TokenEncoder
 from .mlp import MLP, MLPEncoder
 from .transformer import DiT, SelfAttention, SequenceTransformer, TransformerBlock, TransformerTrunk
@@ -71,6 +73,7 @@ __all__ = [
     "DiT",
     "FourierEmbedding",
     "LatentTransformer",
+    "Network",
     "SelfAttention",
     "SequenceTransformer",
     "SinusoidalEmbedding",

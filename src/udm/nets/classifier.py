@@ -19,13 +19,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .embeddings import Network
 from .mlp import MLPEncoder
 from .unet import UNetEncoder, group_norm
 
 Tensor = torch.Tensor
 
 
-class Classifier(nn.Module):
+class Classifier(Network):
     """Logits of p(y | x_t, t) from a UNet-encoder (images) or residual-MLP (vectors) trunk.
 
     ``channels`` is the UNet base width, or the MLP's hidden width; ``depth``
@@ -33,6 +34,8 @@ class Classifier(nn.Module):
     ``num_res_blocks`` instead).
     """
 
+    predicts = "y"
+    #: No class input, so no null label: label dropout never applies.
     null_class = None
 
     def __init__(

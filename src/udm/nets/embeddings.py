@@ -182,3 +182,25 @@ class ConditionEmbedding(nn.Module):
                 "(num_classes=None); build it with num_classes=K to condition on labels"
             )
         return emb
+
+
+class Network(nn.Module):
+    """What every udm network declares, so objectives and the trainer read it instead of probing for it.
+
+    ``predicts`` is what the output estimates: ``"x0"`` (a parameterization of
+    x0, or logits over its tokens) for denoisers, ``"y"`` for classifiers; an
+    objective trains only networks that predict what it needs.
+    ``num_classes`` is the number of class labels the network reads (None:
+    unconditional) and :attr:`null_class` the label that means "no class"
+    (classifier-free guidance, THEORY §2.2 G4), from the network's
+    :class:`ConditionEmbedding` ``cond_embed``.
+    """
+
+    predicts = "x0"
+    num_classes: int | None = None
+    cond_embed: ConditionEmbedding
+
+    @property
+    def null_class(self) -> int | None:
+        """The null label for classifier-free guidance (None without a class embedding)."""
+        return self.cond_embed.null_class

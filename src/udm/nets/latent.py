@@ -6,7 +6,7 @@ by the cross-entropy -log q(x0 | alpha_t F(x0) + sigma_t eps) (THEORY §3.1
 "Learning p(x0 | x_t)", §4.5). :class:`LatentTransformer` is the decoder and
 owns the encoder as ``.encoder`` (a :class:`TokenEncoder`), so one module holds
 every trained weight: the optimizer, EMA and checkpoints see them all, and
-:meth:`udm.processes.encoder.EncoderProcess.bound` picks the encoder out of
+:meth:`udm.processes.encoder.EncoderProcess.bind` picks the encoder out of
 whichever copy (raw or EMA) is being used.
 """
 
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import ConditionEmbedding
+from .embeddings import ConditionEmbedding, Network
 from .transformer import TransformerTrunk
 
 Tensor = torch.Tensor
@@ -81,7 +81,7 @@ def check_token_ids(x: Tensor, vocab_size: int) -> None:
             raise ValueError(f"token id {lo if lo < 0 else hi} is out of range [0, {vocab_size - 1}]")
 
 
-class LatentTransformer(nn.Module):
+class LatentTransformer(Network):
     """Decoder q(x0 | x_t) of the encoder model (THEORY §4.5): latents (B, L, latent_dim) -> logits (B, L, vocab_size).
 
     ``forward(z, t, cond=None)`` projects each position's latent with
@@ -121,11 +121,6 @@ class LatentTransformer(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, seq_len, hidden) * 0.02)
         self.cond_embed = ConditionEmbedding(hidden, hidden, "sinusoidal", time_scale, num_classes)
         self.trunk = TransformerTrunk(hidden, depth, num_heads, vocab_size)
-
-    @property
-    def null_class(self) -> int | None:
-        """The null label for classifier-free guidance (None without a class embedding)."""
-        return self.cond_embed.null_class
 
     def forward(self, z: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
         """Logits (B, L, vocab_size) of q(x0 | x_t = z, t) for latents z (B, L, latent_dim), L <= seq_len."""

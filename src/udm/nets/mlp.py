@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .embeddings import ConditionEmbedding
+from .embeddings import ConditionEmbedding, Network
 
 Tensor = torch.Tensor
 
@@ -29,7 +29,7 @@ class _MLPBlock(nn.Module):
         return h + self.fc2(self.drop(z))
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(Network):
     """The trunk of :class:`MLP`: x flattened, lifted to ``hidden`` features, ``depth`` residual blocks.
 
     ``features(x, t, cond)`` returns the (B, hidden) features after the last
@@ -58,11 +58,6 @@ class MLPEncoder(nn.Module):
         self.inp = nn.Linear(math.prod(self.shape), hidden)
         self.blocks = nn.ModuleList(_MLPBlock(hidden, dropout) for _ in range(depth))
         self.width = hidden
-
-    @property
-    def null_class(self) -> int | None:
-        """The null label for classifier-free guidance (None without a class embedding)."""
-        return self.cond_embed.null_class
 
     def features(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
         """The (B, hidden) features at (x, t, cond)."""

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import ConditionEmbedding
+from .embeddings import ConditionEmbedding, Network
 
 Tensor = torch.Tensor
 
@@ -162,7 +162,7 @@ class TransformerTrunk(nn.Module):
         return self.head(_modulate(self.norm(x), shift, scale))
 
 
-class DiT(nn.Module):
+class DiT(Network):
     """Diffusion transformer on image patches, ``forward(x, t, cond=None)`` with x (B, C, H, W), H = W = image_size.
 
     A p x p patchify convolution turns the image into (H/p)^2 tokens with fixed
@@ -197,11 +197,6 @@ class DiT(nn.Module):
         self.cond_embed = ConditionEmbedding(hidden, hidden, "sinusoidal", time_scale, num_classes)
         self.trunk = TransformerTrunk(hidden, depth, num_heads, patch_size * patch_size * in_channels, mlp_ratio, dropout)
 
-    @property
-    def null_class(self) -> int | None:
-        """The null label for classifier-free guidance (None without a class embedding)."""
-        return self.cond_embed.null_class
-
     def forward(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
         """The network output at (x, t, cond), same shape as x."""
         expected = (self.in_channels, self.image_size, self.image_size)
@@ -217,7 +212,7 @@ class DiT(nn.Module):
         return out[:, :, : self.image_size, : self.image_size] if pad else out
 
 
-class SequenceTransformer(nn.Module):
+class SequenceTransformer(Network):
     """Transformer over token sequences: ``forward(x, t, cond=None)`` maps ids (B, L), L <= seq_len, to logits (B, L, vocab_size).
 
     Attention is bidirectional (the whole noisy sequence is visible, as in
@@ -258,11 +253,6 @@ class SequenceTransformer(nn.Module):
         self.trunk = TransformerTrunk(
             hidden, depth, num_heads, vocab_size, dropout=dropout, causal=causal, rotary=positions == "rotary"
         )
-
-    @property
-    def null_class(self) -> int | None:
-        """The null label for classifier-free guidance (None without a class embedding)."""
-        return self.cond_embed.null_class
 
     def forward(self, x: Tensor, t: float | Tensor, cond: Tensor | None = None) -> Tensor:
         """Logits (B, L, vocab_size) for the tokens x (B, L)."""

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import ConditionEmbedding
+from .embeddings import ConditionEmbedding, Network
 from .transformer import SelfAttention
 
 Tensor = torch.Tensor
@@ -159,7 +159,7 @@ class AttentionBlock(nn.Module):
         return (x + h.transpose(1, 2).reshape(b, c, hh, ww)) * self.out_scale
 
 
-class UNetEncoder(nn.Module):
+class UNetEncoder(Network):
     """The down path and middle of the UNet below: ADM's classifier trunk, and the first half of :class:`UNet`.
 
     ``features(x, t, cond)`` returns the middle feature map, every skip of the
@@ -228,11 +228,6 @@ class UNetEncoder(nn.Module):
         """Self-attention over ``ch`` channels with ``num_heads`` heads, or heads of about ``head_dim`` features."""
         heads = self._num_heads or max(h for h in range(1, max(1, ch // self._head_dim) + 1) if ch % h == 0)
         return AttentionBlock(ch, heads, self._res_options["skip_rescale"])
-
-    @property
-    def null_class(self) -> int | None:
-        """The null label for classifier-free guidance (None without a class embedding)."""
-        return self.cond_embed.null_class
 
     @staticmethod
     def _run(layers: nn.ModuleList, h: Tensor, emb: Tensor, size: tuple[int, int] | None = None) -> Tensor:

@@ -1,8 +1,9 @@
-"""Training (DESIGN: training/): the trainer, EMA, atomic checkpoints and torchrun / DDP support."""
+"""Training (DESIGN: training/): the experiment, the trainer, EMA, atomic checkpoints, reflow and torchrun / DDP support."""
 
+from . import reflow
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .ema import EMA
-from .experiment import Experiment, build_data, build_experiment, build_model, load_trained
+from .experiment import Experiment, build_data, load_trained
 from .trainer import Trainer, read_log
 
 __all__ = [
@@ -12,10 +13,9 @@ __all__ = [
     "Experiment",
     "Trainer",
     "build_data",
-    "build_experiment",
-    "build_model",
     "load_checkpoint",
     "load_trained",
     "read_log",
+    "reflow",
     "save_checkpoint",
 ]

@@ -1,41 +1,39 @@
-"""From a validated config to the objects of one experiment: data, process, network, denoiser, loss.
+"""One experiment, built once: its data, process, network, objective, and the model that wraps a network.
 
-The network's data-dependent options (``shape``, ``in_channels``,
-``image_size``) and its ``time_scale`` are filled in from the data and the
-process when the config leaves them out, and written back into the config, so
-a checkpoint's config alone rebuilds the model without touching the data.
+:meth:`Experiment.from_config` validates a config, loads the data, fills in
+what depends on it (the network's ``shape``, ``in_channels``, ``image_size``,
+``seq_len`` and ``time_scale``; the process's vocabulary and fitted prior;
+what the process dictates to the network through ``network_options``) and
+writes it back into the config, so a checkpoint's config alone rebuilds the
+model without touching the data. It builds the process, the network and the
+objective once each and dry-runs one batch, so "this network cannot take this
+data" is one ConfigError before anything is written.
+:meth:`Experiment.from_run` rebuilds the same from a checkpoint and loads its
+weights. :meth:`Experiment.model` wraps a network (the plain one, its DDP or
+compiled form, its EMA copy) as the objective's model, with the process bound
+to it. The trainer, ``udm sample``, ``udm eval``, the reflow data set and the
+demo all start from an Experiment.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..classifier import NoisyClassifier
-from ..config import ConfigError, options
+from ..config import ConfigError, options, validate
 from ..data import Dataset, load_dataset
-from ..denoiser import PARAMETERIZATIONS, make_denoiser
-from ..losses import Objective, make_loss
+from ..denoiser import PARAMETERIZATIONS
+from ..losses import Loss
 from ..nets import NETWORKS
+from ..objectives import OBJECTIVES, Objective
 from ..processes import PROCESSES, Process, get_process
-
-
-@dataclass
-class Experiment:
-    """Everything one config describes; ``config`` has the network options resolved."""
-
-    config: dict[str, Any]
-    process: Process
-    net: nn.Module
-    denoiser: nn.Module
-    loss: Objective
-    train_data: Dataset | None = None
-    test_data: Dataset | None = None
+from .checkpoint import Checkpoint, load_checkpoint, load_module_state
 
 
 def build_data(config: dict[str, Any]) -> tuple[Dataset, Dataset]:
@@ -54,7 +52,7 @@ def default_time_scale(process: Process, prediction: str) -> float:
     return scale if scale is not None else 1000.0 / process.t_max
 
 
-def _fill(section: dict[str, Any], factory: Any, auto: dict[str, Any]) -> dict[str, Any]:
+def _fill(section: dict[str, Any], factory: Callable[..., Any], auto: dict[str, Any]) -> dict[str, Any]:
     """``section`` with each ``auto`` value set where ``factory`` takes that option and the section leaves it out."""
     params = inspect.signature(factory).parameters
     for key, value in auto.items():
@@ -63,128 +61,168 @@ def _fill(section: dict[str, Any], factory: Any, auto: dict[str, Any]) -> dict[s
     return section
 
 
-def resolve_process(config: dict[str, Any], data: Dataset) -> dict[str, Any]:
-    """``config['process']`` with data-dependent options filled in (written back, so checkpoints rebuild it).
-
-    Token processes take ``vocab_size`` and ``seq_len`` from token data; a
-    process with a fitted prior (the cold processes' Gaussian mixture over
-    per-channel means, THEORY §4.2) fits it on the training data here.
-    """
-    section = _fill(
-        dict(config["process"]),
-        PROCESSES.get(config["process"]["name"]),
-        {
-            "vocab_size": data.vocab_size,
-            "seq_len": data.shape[0] if data.kind == "tokens" else None,
-            "image_size": data.shape[-1] if data.kind == "image" else None,
-        },
-    )
-    process = get_process(section["name"], **options(section))
-    fit = getattr(process, "fit_prior", None)
-    if fit is not None and not getattr(process, "has_prior", True):
-        section.update(fit(data.x, seed=config["seed"]))
-    return section
-
-
-def resolve_network(config: dict[str, Any], shape: tuple[int, ...], num_classes: int | None = None) -> dict[str, Any]:
-    """``config['network']`` with shape-dependent options and time_scale filled in where the network takes them.
-
-    Token networks get ``seq_len`` from the data and ``vocab_size`` from what
-    the process feeds them (``input_vocab_size``: V + 1 with the mask token).
-    """
-    process = get_process(config["process"]["name"], **options(config["process"]))
-    vocab = getattr(process, "input_vocab_size", getattr(process, "vocab_size", None))
-    auto = {
-        "shape": list(shape),
-        "in_channels": shape[0] if len(shape) == 3 else None,
-        "image_size": shape[-1] if len(shape) == 3 else None,
-        "time_scale": default_time_scale(process, config["prediction"]["name"]),
-        "vocab_size": vocab,
-        "seq_len": shape[0] if len(shape) == 1 and vocab is not None else None,
-        "latent_dim": getattr(process, "latent_dim", None),
+def _data_options(data: Dataset) -> dict[str, Any]:
+    """What a process may take from its data: token vocabulary and length, image size."""
+    return {
+        "vocab_size": data.vocab_size,
+        "seq_len": data.shape[0] if data.kind == "tokens" else None,
+        "image_size": data.shape[-1] if data.kind == "image" else None,
     }
-    return _fill(dict(config["network"]), NETWORKS.get(config["network"]["name"]), auto)
 
 
-def wrap_network(net: nn.Module, process: Process, config: dict[str, Any]) -> nn.Module:
-    """The model a config trains around ``net``: a noise-aware classifier or a denoiser in its parameterization."""
-    if config["loss"]["objective"] == "classification":
-        return NoisyClassifier(net, process)
-    return make_denoiser(net, process, config["prediction"]["name"], **options(config["prediction"]))
+def _network_options(process: Process, shape: tuple[int, ...], prediction: str) -> dict[str, Any]:
+    """What a network may take from the data shape, the parameterization's time scale and the process."""
+    image = len(shape) == 3
+    return {
+        "shape": list(shape),
+        "in_channels": shape[0] if image else None,
+        "image_size": shape[-1] if image else None,
+        "seq_len": shape[0] if len(shape) == 1 else None,
+        "time_scale": default_time_scale(process, prediction),
+        **process.network_options(),
+    }
 
 
-def build_model(config: dict[str, Any]) -> tuple[Process, nn.Module, nn.Module]:
-    """Process, network and model (a denoiser, or a classifier) from a config whose network options are resolved."""
-    process = get_process(config["process"]["name"], **options(config["process"]))
-    net_opts = options(config["network"])
-    try:
-        net = NETWORKS.get(config["network"]["name"])(**net_opts)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"network {config['network']['name']!r} cannot be built from the config: {e}") from e
-    bound = getattr(process, "bound", None)
-    if bound is not None:
-        process = bound(net)
-    return process, net, wrap_network(net, process, config)
+def describe_data(data: Dataset) -> dict[str, Any]:
+    """What checkpoints record of the data: enough to sample (shape, classes) and to show samples (kind, vocabulary)."""
+    return {
+        "name": data.name,
+        "shape": list(data.shape),
+        "num_classes": data.num_classes,
+        "kind": data.kind,
+        "vocab_size": data.vocab_size,
+        "vocab": data.vocab,
+        "image_shape": None if data.image_shape is None else list(data.image_shape),
+    }
 
 
-def build_experiment(config: dict[str, Any], with_data: bool = True) -> Experiment:
-    """Load the data, resolve the network against it, build everything, and dry-run one batch.
+@dataclass
+class Experiment:
+    """Everything one config describes, each piece built once; ``config`` has every data-dependent option resolved.
 
-    The dry run turns "wrong data shape for the network" into one ConfigError
-    naming both shapes, before any file is written.
+    ``data`` is the per-sample data description recorded in checkpoints
+    (``name``, ``shape``, ``num_classes``). ``train_data``/``test_data`` are
+    loaded by :meth:`from_config` (and on demand by :meth:`splits`);
+    ``checkpoint`` is set by :meth:`from_run`.
     """
-    config = copy.deepcopy(config)
-    train = test = None
-    if with_data:
-        train, test = build_data(config)
-        config["process"] = resolve_process(config, train)
-        config["network"] = resolve_network(config, tuple(train.shape), train.num_classes)
-    process, net, denoiser = build_model(config)
-    lc = config["loss"]
-    loss = make_loss(
-        config["prediction"]["name"], lc["weighting"], lc["time_sampler"], lc["gamma"], lc["norm"], lc["objective"], lc["points"]
-    )
-    if train is not None:
-        if getattr(net, "num_classes", None) is not None and train.y is None:
-            raise ConfigError(
-                f"network {config['network']['name']!r} has classes (num_classes) but data {train.name!r} has no labels"
-            )
+
+    config: dict[str, Any]
+    process: Process
+    net: nn.Module
+    objective: Objective
+    data: dict[str, Any]
+    train_data: Dataset | None = None
+    test_data: Dataset | None = None
+    checkpoint: Checkpoint | None = None
+
+    @property
+    def loss(self) -> Loss:
+        """The objective's loss (its time sampler carries the state a checkpoint saves)."""
+        return self.objective.loss
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One data sample's shape (what samplers draw, batch axis excluded)."""
+        return tuple(self.data["shape"])
+
+    @property
+    def conditional(self) -> bool:
+        """True when the network reads class labels (a class-conditional denoiser, or a classifier's targets)."""
+        return self.net.num_classes is not None
+
+    def model(self, module: nn.Module | None = None, forward: Callable[..., torch.Tensor] | None = None) -> nn.Module:
+        """The objective's model of the weights ``module`` (default: the network), with the process bound to them.
+
+        ``forward`` is what the model calls instead of ``module`` itself, e.g. its
+        DistributedDataParallel or ``torch.compile`` wrapper; the process binds
+        to ``module`` (the encoder model's F is ``module.encoder``, THEORY §4.5).
+        """
+        module = self.net if module is None else module
+        return self.objective.model(module if forward is None else forward, self.process.bind(module))
+
+    def splits(self) -> tuple[Dataset, Dataset]:
+        """(train, held-out) data, loaded once."""
+        if self.train_data is None or self.test_data is None:
+            self.train_data, self.test_data = build_data(self.config)
+        return self.train_data, self.test_data
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, with_data: bool = True) -> Experiment:
+        """Validate ``config``, load its data, resolve what depends on it, build everything once and dry-run a batch.
+
+        ``with_data=False`` builds from a config whose data-dependent options are
+        already resolved (a checkpoint's), without loading the data.
+        """
+        config = validate(copy.deepcopy(config))
+        train = test = None
+        if with_data:
+            train, test = build_data(config)
+            _fill(config["process"], PROCESSES.get(config["process"]["name"]), _data_options(train))
+        process = _build("process", config["process"], get_process)
+        if train is not None:
+            config["process"].update(process.fit(train.x, seed=config["seed"]))
+            _fill(config["network"], NETWORKS.get(config["network"]["name"]),
+                  _network_options(process, tuple(train.shape), config["prediction"]["name"]))
+        net = _build("network", config["network"], lambda name, **kw: NETWORKS.get(name)(**kw))
+        objective = OBJECTIVES.get(config["loss"]["objective"])(config["prediction"], config["loss"])
+        data = describe_data(train) if train is not None else {}
+        exp = cls(config, process, net, objective, data, train, test)
+        if train is not None:
+            exp._dry_run(train)
+        return exp
+
+    @classmethod
+    def from_run(cls, path: str, *, use_ema: bool = True, device: str | torch.device | None = None) -> Experiment:
+        """The experiment of a checkpoint, checkpoints folder or run folder, with its weights (EMA by default) in eval mode.
+
+        Only the checkpoint is read (its config rebuilds the model), through
+        safetensors and JSON: nothing is unpickled. The data is not loaded
+        (:meth:`splits` loads it).
+        """
+        ckpt = load_checkpoint(path)
+        exp = cls.from_config(ckpt.config, with_data=False)
+        group = "ema" if use_ema and "ema" in ckpt.tensors else "model"
+        load_module_state(exp.net, ckpt.tensors[group], group)
+        exp.net.to(device or "cpu").eval()
+        exp.data, exp.checkpoint = ckpt.meta["data"], ckpt
+        return exp
+
+    def _dry_run(self, train: Dataset) -> None:
+        """Corrupt two training samples to t_max and run the model on them; shape mistakes become one ConfigError."""
+        if self.conditional and train.y is None:
+            raise ConfigError(f"network {self.config['network']['name']!r} has classes (num_classes) but data {train.name!r} has no labels")
+        model = self.model()
         x0 = train.x[:2]
-        t = torch.full((x0.shape[0],), float(process.t_max), dtype=torch.float64)
-        cond = train.y[:2] if getattr(net, "null_class", None) is not None else None
+        t = torch.full((x0.shape[0],), float(self.process.t_max), dtype=torch.float64)
+        cond = train.y[:2] if self.net.null_class is not None else None
         try:
             with torch.no_grad():
                 dtype = x0.dtype if x0.is_floating_point() else torch.float32
-                eps = process.sample_noise(process.state_shape(x0.shape), torch.Generator().manual_seed(0), dtype=dtype)
-                x_t = process.corrupt(x0, t, eps)
+                eps = model.process.sample_noise(model.process.state_shape(x0.shape), torch.Generator().manual_seed(0), dtype=dtype)
+                x_t = model.process.corrupt(x0, t, eps)
         except (ValueError, RuntimeError) as e:
             raise ConfigError(
-                f"process {config['process']['name']!r} cannot take data {train.name!r} of per-sample shape {tuple(train.shape)}: {e}"
+                f"process {self.config['process']['name']!r} cannot take data {train.name!r} of per-sample shape {tuple(train.shape)}: {e}"
             ) from e
         try:
             with torch.no_grad():
-                denoiser.raw(x_t, t, cond)
+                model.raw(x_t, t, cond)
         except (ValueError, RuntimeError) as e:
             raise ConfigError(
-                f"data {train.name!r} has per-sample shape {tuple(train.shape)} but network {config['network']['name']!r} "
+                f"data {train.name!r} has per-sample shape {tuple(train.shape)} but network {self.config['network']['name']!r} "
                 f"does not accept it: {e}"
             ) from e
-    return Experiment(config, process, net, denoiser, loss, train, test)
 
 
-def load_trained(path: str, use_ema: bool = True, device: str | torch.device | None = None):
-    """(denoiser, checkpoint) from a checkpoint, checkpoints folder or run folder; EMA weights by default.
+def _build(kind: str, section: dict[str, Any], make: Callable[..., Any]) -> Any:
+    """``make(name, **options)`` of a config section, a mistake in the options reported as a ConfigError."""
+    try:
+        return make(section["name"], **options(section))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{kind} {section['name']!r} cannot be built from the config: {e}") from e
 
-    Only the checkpoint is read (its config rebuilds the model), through
-    safetensors and JSON: nothing is unpickled.
-    """
-    from .checkpoint import load_checkpoint, load_module_state
 
-    group = "ema" if use_ema else "model"
-    ckpt = load_checkpoint(path)
-    if group not in ckpt.tensors:
-        group = "model"
-    _, net, denoiser = build_model(ckpt.config)
-    load_module_state(net, ckpt.tensors[group], group)
-    denoiser.to(device or "cpu").eval()
-    return denoiser, ckpt
+def load_trained(path: str, use_ema: bool = True, device: str | torch.device | None = None) -> tuple[nn.Module, Checkpoint]:
+    """(model, checkpoint) of a run: :meth:`Experiment.from_run`'s model, for scripts that need nothing else."""
+    exp = Experiment.from_run(path, use_ema=use_ema, device=device)
+    return exp.model().eval(), exp.checkpoint

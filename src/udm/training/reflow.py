@@ -26,8 +26,9 @@ The pieces here:
 * :func:`straightness` is Liu et al.'s measure
   S = E ∫_0^1 ||(x1 - x0) - v(x_t, t)||^2 dt along the model's own Euler
   trajectory (0 exactly when every path is a straight line);
-* the ``reflow`` data loader (:mod:`udm.data.reflow`) builds the data set
-  from a trained run, so a config can say
+* the ``reflow`` data loader (:func:`reflow`, registered in ``DATASETS``
+  from here, above the data layer, because it loads a trained run) builds
+  the data set from a trained run, so a config can say
   ``data: {name: reflow, run: runs/moons_rf, pairs: 4096}``.
 
 Reflow needs a process whose ODE starts from pure noise, x_T = sigma_T eps
@@ -37,23 +38,24 @@ Reflow needs a process whose ODE starts from pure noise, x_T = sigma_T eps
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import rng
-from ..data.base import KINDS, Dataset
+from ..data.base import DATASETS, KINDS, Dataset
 from ..denoiser import from_x0
-from ..processes.base import Process
-from ..processes.gaussian import require_linear
+from ..processes.base import LinearPath, Process, require
 from ..samplers import sample
+from .experiment import Experiment
 
 Tensor = torch.Tensor
 
 
 def require_pure_noise_start(process: Process, what: str) -> Process:
     """``process`` if it is linear with alpha(t_max) = 0 (the ODE starts from x_T = sigma_T eps), else a clear error."""
-    require_linear(process, what, "use the rectified_flow process")
+    require(process, LinearPath, what, "use the rectified_flow process")
     alpha_T = float(process.alpha(process.t_max))
     if alpha_T != 0.0:
         raise ValueError(
@@ -198,3 +200,40 @@ def straightness(
         x = x + (s - t) * v
     chord = (x1.double() - x.double()).flatten(1).pow(2).sum(1) / span
     return float((energy - chord).clamp(min=0.0).mean())
+
+
+@DATASETS.register("reflow")
+def reflow(
+    run: str | Path,
+    pairs: int = 4096,
+    sampler: str = "rk45",
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 1024,
+    raw_weights: bool = False,
+    device: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Dataset:
+    """The ``reflow`` data set: pairs of the trained run (or checkpoint) ``run``, ``x`` = ODE endpoints x0, ``noise`` = their x1.
+
+    ``data: {name: reflow, run: runs/moons_rf, pairs: 4096, sampler: rk45}``
+    loads the run's latest checkpoint (EMA weights unless ``raw_weights``),
+    draws ``pairs`` prior samples x1 with seeds ``seed, seed + 1, ...`` and
+    solves the model's ODE to get x0 (:func:`reflow_dataset`). ``sampler``,
+    ``steps`` and ``options`` (e.g. ``{rtol: 1e-5}``) choose the ODE solver
+    (``steps`` may be left out for ``rk45``); ``batch_size`` how many pairs
+    are solved at once; ``device`` where (default CPU). The pairs are a pure
+    function of the checkpoint and these options, so rebuilding the config
+    (resume, ``udm eval``) redraws the same pairs, as long as the run has no
+    newer checkpoint. The data set is named ``reflow(<run folder>)``; its kind
+    (points or image) follows the run's data shape.
+    """
+    if options is not None and not isinstance(options, dict):
+        raise ValueError(f"reflow: options must be a mapping of sampler options, got {type(options).__name__}")
+    exp = Experiment.from_run(str(run), use_ema=not raw_weights, device=device)
+    if exp.conditional:
+        raise ValueError(f"reflow: the model in {exp.checkpoint.path} is class-conditional; reflow supports unconditional models only")
+    return reflow_dataset(
+        exp.model(), pairs, shape=exp.shape, name=f"reflow({exp.checkpoint.run_dir.name})", sampler=sampler, steps=steps, seed=seed,
+        batch_size=batch_size, device=device, **(options or {}),
+    )

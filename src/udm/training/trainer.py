@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
+from ..atomic import write_atomic
 from ..config import ConfigError, dump
-from ..denoiser import make_denoiser
 from ..samplers import sample
 from . import distributed
 from .checkpoint import (
@@ -38,10 +37,10 @@ from .checkpoint import (
     load_module_state,
     save_checkpoint,
     unflatten_optimizer,
-    write_atomic,
 )
 from .ema import EMA
-from .experiment import build_experiment, wrap_network
+from .experiment import Experiment, describe_data
+from .samples import save_samples
 
 #: train keys that may change between a run and its resumption (they do not change the math).
 RESUMABLE_KEYS = ("steps", "log_every", "ckpt_every", "keep_checkpoints", "sample_every", "device", "compile")
@@ -113,7 +112,7 @@ def read_log(path: str | Path) -> list[dict[str, float]]:
 
 
 class Trainer:
-    """Train the experiment a validated config describes, writing everything under ``out_dir``.
+    """Train an :class:`Experiment` (or the one a validated config describes), writing everything under ``out_dir``.
 
     ``out_dir`` receives ``config.yaml``, ``checkpoints/step_*/`` (see
     :mod:`udm.training.checkpoint`), ``log.csv`` (or ``log.jsonl``) and, when
@@ -122,7 +121,7 @@ class Trainer:
 
     def __init__(
         self,
-        config: dict[str, Any],
+        experiment: Experiment | dict[str, Any],
         out_dir: str | Path,
         *,
         resume: bool = False,
@@ -131,14 +130,16 @@ class Trainer:
     ) -> None:
         self.out = Path(out_dir)
         self.ckpt_dir = self.out / "checkpoints"
-        tc = config["train"]
-        self.info = dist_info or distributed.init(tc["device"])
+        device = (experiment.config if isinstance(experiment, Experiment) else experiment)["train"]["device"]
+        self.info = dist_info or distributed.init(device)
         self.device = self.info.device
         self.progress = progress and self.info.is_main
         if not resume and (self.ckpt_dir / "latest").exists():
             raise ConfigError(f"{self.out} already holds a training run; pass --resume to continue it or choose another --out")
-        torch.manual_seed(config["seed"])
-        exp = build_experiment(config)
+        if not isinstance(experiment, Experiment):
+            torch.manual_seed(experiment["seed"])  # the network's initial weights follow the config's seed
+            experiment = Experiment.from_config(experiment)
+        exp = experiment
         self.config, self.exp = exp.config, exp
         self.tc = self.config["train"]
         if self.tc["batch_size"] % (self.info.world_size * self.tc["grad_accum"]):
@@ -147,12 +148,15 @@ class Trainer:
                 f"({self.info.world_size}) times train.grad_accum ({self.tc['grad_accum']})"
             )
         self.net = exp.net.to(self.device)
-        self.process, self.loss = exp.process, exp.loss
+        self.loss = exp.loss
         self.train_x = exp.train_data.x.to(self.device)
         # paired noise (reflow couplings, udm.training.reflow): row i is the eps of sample i
         noise = exp.train_data.noise
         self.train_noise = None if noise is None else noise.to(self.device, self.train_x.dtype)
-        self.conditional = getattr(self.net, "num_classes", None) is not None
+        self.conditional = exp.conditional
+        self.drop_labels = (
+            self.conditional and exp.objective.labels_condition and self.tc["cond_dropout"] > 0 and self.net.null_class is not None
+        )
         self.train_y = exp.train_data.y.to(self.device) if exp.train_data.y is not None else None
         model: nn.Module = self.net
         if self.info.enabled:
@@ -160,7 +164,8 @@ class Trainer:
             model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
         self.ddp = model
         forward_net = torch.compile(model) if self.tc["compile"] else model
-        self.denoiser = wrap_network(forward_net, self.process, self.config)
+        self.model = exp.model(self.net, forward=forward_net)
+        self.process = self.model.process
         self.optimizer = torch.optim.AdamW(
             self.net.parameters(),
             lr=self.tc["lr"],
@@ -220,8 +225,8 @@ class Trainer:
         if self.train_noise is not None:
             eps = self.train_noise[idx]  # fixed couplings (x0, x1): t and w are still drawn
         y_global = self.train_y[idx] if self.conditional else None
-        # the null label of classifier-free guidance (THEORY §2.2, G4); a classifier's labels are targets and never dropped
-        if y_global is not None and self.tc["cond_dropout"] > 0 and getattr(self.net, "null_class", None) is not None:
+        # the null label of classifier-free guidance (THEORY §2.2, G4); labels an objective predicts are never dropped
+        if y_global is not None and self.drop_labels:
             drop = torch.rand(y_global.shape[0], generator=gen, device=gen.device) < self.tc["cond_dropout"]
             y_global = torch.where(drop.to(y_global.device), torch.full_like(y_global, self.net.null_class), y_global)
         per_rank = self.tc["batch_size"] // self.info.world_size
@@ -236,7 +241,7 @@ class Trainer:
             sync = self.info.enabled and m < self.tc["grad_accum"] - 1
             with self.ddp.no_sync() if sync else contextlib.nullcontext():
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = self.loss(self.denoiser, x_global[sl], cond, t=t[sl], w=w[sl], eps=eps[sl])
+                    out = self.loss(self.model, x_global[sl], cond, t=t[sl], w=w[sl], eps=eps[sl])
                 (out.loss * (micro / per_rank)).backward()
             total += out.loss.detach() * (micro / per_rank)
             objectives.append(out.objective)
@@ -303,7 +308,7 @@ class Trainer:
                     acc.zero_()
                     window_time, window_step = now, self.step
                 if self.tc["sample_every"] and self.step % self.tc["sample_every"] == 0:
-                    self.write_samples(self.out / "samples" / f"step_{self.step:07d}.png")
+                    self.write_samples(self.out / "samples" / f"step_{self.step:07d}")
                 if self.step % self.tc["ckpt_every"] == 0 and self.step < steps:
                     self.save()
         except KeyboardInterrupt:
@@ -348,7 +353,7 @@ class Trainer:
                     "seed": self.config["seed"],
                     "torch_cpu_state": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
                 },
-                "data": {"name": self.exp.train_data.name, "shape": list(self.exp.train_data.shape), "num_classes": self.exp.train_data.num_classes},
+                "data": describe_data(self.exp.train_data),
                 "versions": {"udm": __version__, "torch": torch.__version__},
                 "world_size": self.info.world_size,
             }
@@ -393,32 +398,17 @@ class Trainer:
 
     # --- samples during training --------------------------------------------------------------------------
     def sampling_denoiser(self) -> torch.nn.Module:
-        """The EMA weights (raw weights when EMA is off) as a Denoiser in eval mode."""
-        net = self.ema.module if self.ema is not None else self.net
-        bound = getattr(self.process, "bound", None)
-        process = self.process if bound is None else bound(net)
-        return make_denoiser(net.eval(), process, self.exp.denoiser.parameterization)
+        """The EMA weights (raw weights when EMA is off) as the objective's model, in eval mode."""
+        return self.exp.model((self.ema.module if self.ema is not None else self.net).eval())
 
-    def write_samples(self, path: Path) -> None:
-        """Draw ``sample.n`` samples with fixed seeds and write a grid (images) or a scatter (points)."""
+    def write_samples(self, stem: Path) -> None:
+        """Draw ``sample.n`` samples with fixed seeds (the config's sampler and its options) and write them at ``stem``."""
         if not self.info.is_main:
             return
-        from ..viz import save_image_grid, save_text_samples, scatter_plot, tokens_to_images
-
         sc = self.config["sample"]
         with torch.no_grad():
             x = sample(
                 self.sampling_denoiser(), sc["sampler"], sc["steps"], shape=(sc["n"], *self.train_x.shape[1:]),
                 seeds=range(sc["n"]), grid=sc["grid"], device=self.device, **(sc["options"] or {}),
             )
-        os.makedirs(path.parent, exist_ok=True)
-        data = self.exp.train_data
-        if data.kind == "tokens":
-            if data.vocab is not None:
-                save_text_samples(path.with_suffix(".txt"), data.decode(x.cpu()))
-            elif data.image_shape is not None:
-                save_image_grid(tokens_to_images(x.cpu(), data.image_shape, data.vocab_size), path)
-        elif x.ndim == 4:
-            save_image_grid(x.cpu(), path)
-        else:
-            scatter_plot(x.cpu(), path, reference=self.exp.train_data.x[: sc["n"]], title=f"step {self.step}")
+        save_samples(x, stem, self.exp.data, reference=self.exp.train_data.x[: sc["n"]], title=f"step {self.step}", raw=False)
