@@ -69,13 +69,14 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     trainer = Trainer(load_config(CONFIG_DIR / "digits_cond.yaml", {"train.steps": args.steps, "train.log_every": 500}), out / "run",
-                      resume=(out / "run" / "checkpoints" / "latest").exists(), progress=False)
+                      resume=(out / "run" / "checkpoints" / "latest").exists(), progress=False, reuse_complete=True)
     trainer.train()
     den = trainer.sampling_denoiser()
     train, test = trainer.exp.train_data, trainer.exp.test_data
     clf_config = load_config(CONFIG_DIR / "digits_classifier.yaml", {"train.steps": args.steps, "train.log_every": 500})
     assert clf_config["process"] == trainer.config["process"], "the noise-aware classifier must read the model's process"
-    Trainer(clf_config, out / "classifier", resume=(out / "classifier" / "checkpoints" / "latest").exists(), progress=False).train()
+    Trainer(clf_config, out / "classifier", resume=(out / "classifier" / "checkpoints" / "latest").exists(), progress=False,
+            reuse_complete=True).train()
     noisy, _ = load_trained(str(out / "classifier"))
     levels = ", ".join(f"t={t:g}: {noisy.accuracy(test.x, test.y, t):.3f}" for t in (0.0, 0.25, 0.5, 0.75, 1.0))
     print(f"noise-aware guidance classifier: test accuracy at {levels}")

@@ -109,7 +109,7 @@ def train_model(config: str, run: Path, overrides: dict) -> tuple[Trainer, float
     """Train ``config`` into ``run`` (a finished run there is reused); (trainer, training seconds)."""
     cfg = load_config(CONFIG_DIR / f"{config}.yaml", overrides)
     resume = (run / "checkpoints" / "latest").exists()
-    trainer = Trainer(cfg, run, resume=resume, progress=False)
+    trainer = Trainer(cfg, run, resume=resume, progress=False, reuse_complete=True)
     result = trainer.train()
     record = run / "train_seconds.json"
     if resume and record.exists():

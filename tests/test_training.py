@@ -155,8 +155,8 @@ KILL_CHILD = textwrap.dedent(
     trainer.train()
     real_save = ck.save_file
 
-    def slow_save(tensors, path):
-        real_save(tensors, path)
+    def slow_save(tensors, path, **kwargs):
+        real_save(tensors, path, **kwargs)
         with open(path, "r+b") as f:
             f.truncate(10)
         print("WRITING", flush=True)
@@ -168,7 +168,7 @@ KILL_CHILD = textwrap.dedent(
 )
 
 
-def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
+def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     script = KILL_CHILD.format(tests=str(REPO / "tests"), out=str(out))
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -185,8 +185,13 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     assert leftovers, "the killed write should have left its temporary folder behind"
     ckpt = load_checkpoint(out)
     assert ckpt.step == 4
+    capsys.readouterr()
     Trainer(tiny_config(**{"train.steps": 6}), out, resume=True, progress=False).train()
     assert load_checkpoint(out).step == 6
+    err = capsys.readouterr().err
+    assert f"taking over the stale lock of process {child.pid}" in err and f".step_0000005.tmp-{child.pid}" in err, err
+    assert not [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")], "the next start clears a killed save's folder"
+    assert not (out / ".lock").exists(), "the killed run's lock is taken over and released"
 
 
 def _free_port() -> int:

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from .errors import ConfigError
+
 #: permissions of a finished file (temporary files are created private, 0o600)
 FILE_MODE = 0o644
 
@@ -49,3 +51,30 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_open(path) as f:
         f.write(data)
     return Path(path)
+
+
+def check_writable(path: str | os.PathLike[str], what: str, *, folder: bool) -> Path:
+    """Refuse, before anything is written, an output ``path`` that cannot be created; return it as a ``Path``.
+
+    ``folder`` says whether ``path`` is an output folder (it may exist as a
+    folder) or an output file (it may exist as a file). The nearest existing
+    ancestor must be a folder this process may write into; a read-only file
+    system is refused the same way.
+    """
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ConfigError(f"{what} {path} is a file, not a folder; choose a folder path")
+        if not folder and path.is_dir():
+            raise ConfigError(f"{what} {path} is a folder; give a file path")
+        if not os.access(path if folder else path.parent, os.W_OK):
+            raise ConfigError(f"{what} {path} is not writable; choose another path or fix its permissions")
+        return path
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {path} lies under {parent}, which is a file; choose another path")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{what} {path} cannot be created: {parent} is not writable (read-only folder or file system); choose another path")
+    return path

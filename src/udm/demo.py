@@ -52,7 +52,7 @@ def train_and_sample(
     config = load_config(CONFIG_DIR / f"{name}.yaml", overrides)
     run = out / "runs" / name
     resume = (run / "checkpoints" / "latest").exists()
-    trainer = Trainer(config, run, resume=resume, progress=progress)
+    trainer = Trainer(config, run, resume=resume, progress=progress, reuse_complete=True)
     trainer.train()
     sc = trainer.config["sample"]
     shape = (n, *trainer.train_x.shape[1:])
