@@ -7,7 +7,8 @@
   fails W1 by far (statistic > 5 x threshold) and W2 (relative residual > 1e-2);
 * W3: int v . grad p = -int p div v by quadrature in 1-D and 2-D (< 1e-6), and it notices
   a boundary term; the closed-form test-function derivatives equal autograd;
-* load_field on a user module, with clear errors for bad specs.
+* load_field on a user module, with one ConfigError line for every way a field can break the protocol;
+* a too-small n is reported as underpowered (neither pass nor failure), with the n it needs.
 
 Statistical thresholds: W1 compares max_k |z_k| with a Bonferroni normal quantile. This
 file runs ~150 positive W1 checks in ~25 groups (a case, or a reverse-family member), so a
@@ -34,7 +35,7 @@ from udm.theory import fokker_planck as fp
 
 N = 20000  # particles per W1 check: the SE is ~1% of the per-particle spread
 REVERSE = [(process, s) for process in ("vp", "ve") for s in (0.0, 0.3, 1.0, 1.7, 3.0)]
-ALPHA = 0.01 / (len(checks.case_names()) + len(REVERSE) + 2)  # familywise over the positive groups (+2: user field, simulation)
+ALPHA = 0.01 / (len(checks.case_names()) + len(REVERSE) + 4)  # familywise over positive groups (+4: user fields, simulation, vp)
 
 
 @pytest.fixture(autouse=True)
@@ -294,3 +295,152 @@ def test_w1_on_simulated_particles_checks_the_pf_ode_against_its_sde():
     assert bad.statistic > 5 * bad.threshold, str(bad)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         fp.simulated_sampler(lambda n, g: sde.sample(t0, n, g), sde.drift, sde.g2, t0, steps=0)
+
+
+# --- user fields that break the protocol: one ConfigError line each, never a traceback -------------------
+PROTOCOL_FIELDS = '''
+import torch
+
+class Heat:
+    """The heat equation from N(0, 1) (p_t = N(0, 1 + t), g2 = 1), drawing with the generator it is given."""
+    t_range = (0.5, 1.5)
+    g2 = 1.0
+
+    def sample(self, t, n, generator):
+        return (1.0 + t) ** 0.5 * torch.randn(n, 1, generator=generator, dtype=torch.float64)
+
+    def drift(self, t, x):
+        return torch.zeros_like(x)
+
+uses_generator = Heat
+
+class Flat(Heat):
+    def sample(self, t, n, generator):
+        return super().sample(t, n, generator)[:, 0]
+
+class Text(Heat):
+    def sample(self, t, n, generator):
+        return "particles"
+
+class Ints(Heat):
+    def sample(self, t, n, generator):
+        return torch.zeros(n, 1, dtype=torch.int64)
+
+class ExtraRow(Heat):
+    def sample(self, t, n, generator):
+        return super().sample(t, n + 1, generator)
+
+class WideDrift(Heat):
+    def drift(self, t, x):
+        return torch.zeros(x.shape[0], 2, dtype=x.dtype)
+
+class RaisingDrift(Heat):
+    def drift(self, t, x):
+        raise TypeError("unsupported operand")
+
+class LateFailure(Heat):
+    def sample(self, t, n, generator):
+        if 0.6 < t < 1.4:
+            raise RuntimeError("no samples in the middle")
+        return super().sample(t, n, generator)
+
+class NegativeG2(Heat):
+    g2 = -1.0
+
+def needs_arguments(scale):
+    return Heat()
+'''
+
+
+@pytest.fixture
+def protocol_fields(tmp_path, monkeypatch):
+    (tmp_path / "fp_protocol.py").write_text(PROTOCOL_FIELDS)
+    (tmp_path / "fp_raises_on_import.py").write_text("raise RuntimeError('configuration missing')\n")
+    (tmp_path / "fp_syntax_error.py").write_text("def drift(t, x:\n    return x\n")
+    (tmp_path / "fp_bad_import.py").write_text("import no_such_dependency_fp\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("fp_protocol", "fp_raises_on_import", "fp_syntax_error", "fp_bad_import"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_load_field_passes_a_torch_generator(protocol_fields):
+    """load_field infers the dimension by calling sample with a real torch.Generator, as the checks do."""
+    case = checks.load_field("fp_protocol:uses_generator")
+    assert case.dim == 1 and case.t_range == (0.5, 1.5)
+    results = checks.run_checks(case, n=4000, times=1, families=["polynomial"], alpha=ALPHA)
+    assert all(r.verdict == "pass" for r in results), checks.format_table(results)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("fp_protocol:Flat", r"'fp_protocol:Flat': sample\(t, n, generator\) returned a float64 tensor of shape \(4,\), "
+                         r"expected a float tensor of shape \(4, d\); "),
+    ("fp_protocol:Text", r"sample\(t, n, generator\) returned a str, expected a float tensor"),
+    ("fp_protocol:Ints", r"sample\(t, n, generator\) returned a int64 tensor of shape \(4, 1\)"),
+    ("fp_protocol:ExtraRow", r"returned a float64 tensor of shape \(5, 1\), expected a float tensor of shape \(4, d\)"),
+    ("fp_protocol:WideDrift", r"'fp_protocol:WideDrift': drift\(t, x\) returned a float64 tensor of shape \(4, 2\), "
+                              r"expected a float tensor of shape \(4, 1\)"),
+    ("fp_protocol:RaisingDrift", r"drift\(t, x\) raised TypeError: unsupported operand; fix the field"),
+    ("fp_protocol:NegativeG2", r"g2 must be a number >= 0"),
+    ("fp_protocol:needs_arguments", r"calling it to build the field raised TypeError"),
+    ("fp_protocol:nothing", r"module 'fp_protocol' has no attribute 'nothing' \(field spec 'fp_protocol:nothing'\); name an object"),
+    ("fp_raises_on_import:field", r"cannot import module 'fp_raises_on_import' of field 'fp_raises_on_import:field': "
+                                  r"RuntimeError: configuration missing; fix the module"),
+    ("fp_syntax_error:field", r"cannot import module 'fp_syntax_error' .*SyntaxError"),
+    ("fp_bad_import:field", r"ModuleNotFoundError: No module named 'no_such_dependency_fp'; install what it imports"),
+    ("fp_no_such_module:field", r"cannot import module 'fp_no_such_module' of field 'fp_no_such_module:field': no such module; run"),
+    ("fp_protocol", r"must look like 'module:attr'"),
+])
+def test_a_field_that_breaks_the_protocol_is_one_config_error(protocol_fields, spec, message):
+    from udm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as info:
+        checks.load_field(spec)
+    assert "\n" not in str(info.value) and info.value.__cause__ is None
+
+
+def test_user_code_failing_during_the_checks_is_one_config_error(protocol_fields):
+    """Every call is guarded, not only the probe at the ends of t_range: a failure mid-range names the field too."""
+    from udm.errors import ConfigError
+
+    case = checks.load_field("fp_protocol:LateFailure")
+    with pytest.raises(ConfigError, match=r"'fp_protocol:LateFailure': sample\(t, n, generator\) raised RuntimeError: no samples"):
+        checks.run_checks(case, n=1000, times=3, families=["polynomial"])
+
+
+# --- power: a small n is reported as underpowered, never as a plain failure ---------------------------------
+def test_a_correct_case_at_tiny_n_is_underpowered_not_failed():
+    """`udm check vp --n 50`: the z-scores rest on a few particles (one bumps check scores z > threshold by chance),
+    so every W1 result is 'underpowered', the summary says so, asks for more particles and exits 3, not 1."""
+    case = checks.get_case("vp")
+    results = checks.run_checks(case, n=50, times=3)
+    weak = [r for r in results if r.check.startswith("W1")]
+    assert any(not r.passed for r in weak)  # the raw comparison fails somewhere ...
+    assert all(r.verdict == "underpowered" and r.warning for r in weak)  # ... but the verdict is inconclusive
+    assert all(r.verdict == "pass" for r in results if r.check == "W2")
+    table = checks.format_table(results)
+    assert "underpowered" in table and "FAIL" not in table and "raise n to ~" in table
+    line, code = checks.summarize(results)
+    assert code == checks.EXIT_UNDERPOWERED == 3 and "FAILED" not in line and "9 underpowered" in line and "--n" in line
+    needed = max(r.needed_n for r in weak)
+    assert 1000 <= needed <= 20000
+    powered = checks.run_checks(case, n=needed, times=3, seed=2, alpha=ALPHA)
+    assert all(r.verdict == "pass" for r in powered), checks.format_table(powered)
+    assert checks.summarize(powered) == ("12 of 12 checks passed", 0)
+
+
+def test_a_wrong_field_with_power_fails_and_n_below_the_minimum_is_refused():
+    from udm.errors import ConfigError
+
+    wrong = checks.run_checks(checks.get_case("vp_ode:sign_flip"), n=4000, times=1, strong=False)
+    assert all(r.verdict == "FAIL" for r in wrong)
+    assert checks.summarize(wrong)[1] == 1
+    with pytest.raises(ConfigError, match=r"n = 20 particles is below the 30 a weak-form z-score needs; use the default"):
+        checks.run_checks(checks.get_case("vp"), n=20)
+
+
+def test_detectable_error_shrinks_like_one_over_root_n():
+    """CheckResult.detectable = min_k (z + z_0.8) SE_k / scale_k: four times the particles, half the detectable error."""
+    case = checks.get_case("vp_ode")
+    small, large = (fp.weak_form_check(case.sample, case.drift, case.g2, 0.3, "fourier", n=n, seed=4) for n in (4000, 16000))
+    assert 1.6 < small.detectable / large.detectable < 2.5, (small.detectable, large.detectable)
+    assert large.detectable < fp.MAX_DETECTABLE and not large.underpowered

@@ -242,3 +242,54 @@ def test_cfg_on_a_token_model_combines_log_probabilities() -> None:
     logp = torch.log_softmax(table, -1)
     expected = 2.5 * logp[y] - 1.5 * logp[2]
     torch.testing.assert_close(torch.softmax(out, -1), torch.softmax(expected, -1), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_guidance_where_alpha_vanishes_is_the_limit_of_the_guided_x0() -> None:
+    """Rectified flow at t = 1 (alpha = 0): p(y | x_t) = p(y) and (sigma^2/alpha) grad is 0/0; the guide returns its limit.
+
+    At gamma = 1 the guided x0 tends to E[x0 | y] (the class mean) as alpha -> 0; the shift is taken at
+    sigma/alpha = 80, an error ~ 1/80 that shrinks 4x at sigma/alpha = 320. Below t = 1 nothing changes.
+    """
+    process = udm.get_process("rectified_flow")
+    den = _gmm_denoiser(process)
+    _, _, y = _batch(13)
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(13), dtype=F64)  # x_1 ~ the prior N(0, I)
+    guide = ClassifierGuidance(den, _classifier(process), gamma=1.0)
+    at_end = guide(x, 1.0, y)
+    assert bool(torch.isfinite(at_end).all())
+    error = (at_end - GMM.means[y]).norm(dim=1)
+    assert float(error.mean()) < 0.04 and float((den(x, 1.0) - GMM.means[y]).norm(dim=1).mean()) > 1.0
+    finer = ClassifierGuidance(den, _classifier(process), gamma=1.0, endpoint_sigma_tilde=320.0)(x, 1.0, y)
+    assert float((finer - GMM.means[y]).norm(dim=1).mean()) < 0.35 * float(error.mean())
+    mixed = guide(x, torch.cat([torch.ones(32, dtype=F64), torch.full((32,), 0.5, dtype=F64)]), y)
+    torch.testing.assert_close(mixed[:32], at_end[:32], rtol=0, atol=1e-12)
+    torch.testing.assert_close(mixed[32:], GMM.posterior_mean(x[32:], 0.5, process, y=y[32:]), rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="endpoint_sigma_tilde"):
+        ClassifierGuidance(den, _classifier(process), endpoint_sigma_tilde=0.0)
+
+
+def test_every_guide_samples_rectified_flow_from_its_default_grid() -> None:
+    """The default grid of rectified flow starts at t = 1, where alpha = 0: classifier, energy and CFG guidance give
+    finite samples there; classifier guidance at gamma = 1 follows the conditional model and sharpens with gamma."""
+    process = udm.get_process("rectified_flow")
+    den = _gmm_denoiser(process)
+    n, k = 400, 2
+    x_T = process.prior((n, 2), torch.Generator().manual_seed(14), dtype=F64)
+    cond = torch.full((n,), k)
+    run = lambda model: udm.sample(model, "heun", steps=20, x_T=x_T, process=process, cond=cond)  # noqa: E731
+    conditional = run(den)
+    shares = []
+    for gamma in (0.0, 1.0, 2.0):
+        x = run(ClassifierGuidance(den, _classifier(process), gamma))
+        assert bool(torch.isfinite(x).all())
+        shares.append(float((GMM.class_probs(x, 1e-3, process)[:, k] > 0.5).double().mean()))
+        if gamma == 1.0:
+            assert float((x - conditional).norm(dim=1).mean()) < 0.02
+    assert shares[0] < 0.2 and shares[1] > 0.97 and shares[2] >= shares[1], shares
+    c = torch.tensor([0.0, 2.0], dtype=F64)
+    pulled = run(EnergyGuidance(den, lambda x, t, y: -0.5 * ((x - c) ** 2).sum(1), 0.3))
+    plain = run(ClassifierGuidance(den, _classifier(process), 0.0))
+    assert bool(torch.isfinite(pulled).all())
+    assert float((pulled - c).norm(dim=1).mean()) < float((plain - c).norm(dim=1).mean())
+    cfg = run(ClassifierFreeGuidance(den, 1.0))
+    assert bool(torch.isfinite(cfg).all()) and float((GMM.class_probs(cfg, 1e-3, process)[:, k] > 0.5).double().mean()) > 0.97

@@ -132,3 +132,17 @@ def test_likelihood_errors() -> None:
     rf = udm.Denoiser(lambda x, t: torch.zeros_like(x), process, "x0")
     with pytest.raises(ValueError, match="alpha vanishes"):
         log_likelihood(rf, x0, variable="sigma")
+
+
+def test_progress_bar_is_silent_by_default_and_changes_nothing(capsys) -> None:
+    """log_likelihood(progress=True) shows the share of the range integrated and the NFE on stderr; same numbers."""
+    process = udm.get_process("vp")
+    den, prior = _exact(GMM, process)
+    x0 = GMM.sample(16, torch.Generator().manual_seed(3))
+    quiet = log_likelihood(den, x0, prior=prior, divergence="exact", rtol=1e-5, atol=1e-5)
+    assert capsys.readouterr().err == ""
+    loud = log_likelihood(den, x0, prior=prior, divergence="exact", rtol=1e-5, atol=1e-5, progress=True)
+    err = capsys.readouterr().err
+    assert "likelihood ODE" in err and f"NFE {loud.nfe}" in err and "100/100%" in err
+    torch.testing.assert_close(quiet.log_p, loud.log_p, rtol=0, atol=0)
+    assert quiet.nfe == loud.nfe

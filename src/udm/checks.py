@@ -18,22 +18,28 @@ sources overlap (otherwise W1's standard error rests on a few rare particles; se
 :func:`~udm.theory.fokker_planck.weak_form_check`).
 
 ``get_case("vp_ode:sign_flip")`` gives a wrong variant (:meth:`Case.wrong`);
-:func:`load_field` loads a user's field from ``module:attr``.
+:func:`load_field` loads a user's field from ``module:attr`` and holds it to
+:data:`FIELD_PROTOCOL` (every way of breaking it is one ConfigError line).
+:func:`run_checks` runs a case, :func:`format_table` and :func:`summarize` report
+it: a W1 check without power at the given n is "underpowered", never a failure.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from . import rng
+from .errors import ConfigError
 from .processes import get_process, pfgmpp as pfgmpp_process
 from .processes.gaussian import GaussianProcess, LinearProcess
 from .registry import Registry
-from .theory.fokker_planck import FAMILIES, CheckResult, Density, Diffusion, Drift, Sampler, strong_form_check, weak_form_check
+from .theory.fokker_planck import (FAMILIES, MIN_EFFECTIVE_N, CheckResult, Density, Diffusion, Drift, Sampler, strong_form_check,
+                                   weak_form_check)
 from .theory.gmm import GaussianMixture
 from .theory.green import GravityGreen, GreenField, GreenFunction, ScaleGreen
 from .theory.pointmass import PointMasses
@@ -333,46 +339,210 @@ def _attribute(obj: object, *names: str) -> object | None:
     return None
 
 
+#: What :func:`load_field` promises a user's field, in the words of its errors (docs/likelihood.md, "user fields").
+FIELD_PROTOCOL = "sample(t, n, generator) -> (n, d) floats and drift(t, x) -> (n, d) (optional: g2, density(t, x), t_range, dim)"
+#: Particles :func:`load_field` draws to probe a user's field before any check runs.
+PROBE_N = 4
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: message`` of an exception raised by user code, on one line."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _describe(value: object) -> str:
+    """A short description of what user code returned, for an error message."""
+    if isinstance(value, Tensor):
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
+    shape = getattr(value, "shape", None)
+    return f"a {type(value).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else "")
+
+
+class _UserField:
+    """A user's field behind the :data:`FIELD_PROTOCOL` checks: every call is guarded, every output checked.
+
+    Anything the user's code raises, and any output of the wrong type, shape or
+    finiteness, becomes one :class:`~udm.errors.ConfigError` naming the field spec
+    and the function, so ``udm check --field`` never shows a traceback of user code.
+    """
+
+    def __init__(self, spec: str, sample: Callable, drift: Callable, g2: object, density: Callable | None) -> None:
+        self.spec, self._sample, self._drift, self._g2, self._density = spec, sample, drift, g2, density
+        self.dim: int | None = None
+
+    def _error(self, what: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(f"field {self.spec!r}: {what} {problem}; {fix}")
+
+    def _call(self, what: str, fn: Callable, *args: object) -> object:
+        try:
+            return fn(*args)
+        except ConfigError:
+            raise
+        except Exception as err:  # any failure of user code is the user's to fix, reported in one line
+            raise self._error(what, f"raised {_one_line(err)}", f"fix the field ({FIELD_PROTOCOL})") from None
+
+    def _float_tensor(self, what: str, value: object, shape: tuple[int | None, ...], fix: str) -> Tensor:
+        """``value`` as float64 if it is a floating tensor (or array) of ``shape`` (None: any size) with finite entries."""
+        try:
+            out = torch.as_tensor(value)
+        except Exception:
+            out = None
+        ok = (out is not None and out.is_floating_point() and out.ndim == len(shape)
+              and all(want is None or got == want for got, want in zip(out.shape, shape)))
+        if not ok:
+            expected = "(" + ", ".join("d" if want is None else str(want) for want in shape) + ("," if len(shape) == 1 else "") + ")"
+            raise self._error(what, f"returned {_describe(value)}, expected a float tensor of shape {expected}", fix)
+        out = out.to(torch.float64)
+        if not bool(torch.isfinite(out).all()):
+            raise self._error(what, "returned NaN or inf", fix)
+        return out
+
+    def sample(self, t: float, n: int, generator: rng.GeneratorLike = None) -> Tensor:
+        """n rows of p_t from the user's ``sample(t, n, generator)``, with a real ``torch.Generator``."""
+        gen = rng.as_generator(generator)
+        gen = gen if isinstance(gen, torch.Generator) else torch.Generator().manual_seed(0)
+        out = self._call("sample(t, n, generator)", self._sample, t, n, gen)
+        x = self._float_tensor("sample(t, n, generator)", out, (n, self.dim), "return one row of floats per particle, (n, d)")
+        if self.dim is None:
+            self.dim = int(x.shape[1])
+        return x
+
+    def drift(self, t: TimeLike, x: Tensor) -> Tensor:
+        """f_t at the rows of x from the user's drift, shape-checked."""
+        out = self._call("drift(t, x)", self._drift, t, x)
+        if isinstance(out, Tensor) and out.requires_grad:  # W2 differentiates through it: keep the graph
+            if out.shape != x.shape or not out.is_floating_point():
+                raise self._error("drift(t, x)", f"returned {_describe(out)} for x of shape {tuple(x.shape)}",
+                                  "return one velocity per particle, of x's shape")
+            return out.to(torch.float64)
+        return self._float_tensor("drift(t, x)", out, tuple(x.shape), "return one velocity per particle, of x's shape")
+
+    def g2(self, t: TimeLike) -> Tensor:
+        """g_t^2 from the user's number or function, as a non-negative float64 tensor of shape () or (n,)."""
+        value = self._call("g2(t)", self._g2, t) if callable(self._g2) else self._g2
+        n = torch.as_tensor(t).numel()
+        try:
+            out = torch.as_tensor(value, dtype=torch.float64)
+        except Exception:
+            out = None
+        if out is None or out.shape not in ((), (n,) if torch.as_tensor(t).ndim else ()):
+            raise self._error("g2", f"gave {_describe(value)} at t of shape {tuple(torch.as_tensor(t).shape)}",
+                              "make g2 a number or a function of t returning one (or one per entry of a tensor t)")
+        if not bool(torch.isfinite(out).all()) or bool((out < 0).any()):
+            raise self._error("g2", "is negative, NaN or inf", "g2 is g_t^2, a finite number >= 0")
+        return out
+
+    def density(self, t: Tensor, x: Tensor) -> Tensor:
+        """p_t at the rows of x from the user's density (t of shape (n,)), shape-checked, graph kept for W2."""
+        out = self._call("density(t, x)", self._density, t, x)
+        if not isinstance(out, Tensor) or out.shape != (x.shape[0],) or not out.is_floating_point():
+            raise self._error("density(t, x)", f"returned {_describe(out)} for x of shape {tuple(x.shape)}",
+                              "return one differentiable float per row, shape (n,)")
+        return out.to(torch.float64)
+
+    def probe(self, t_range: tuple[float, float]) -> int:
+        """Call every function once at each end of t_range as the checks will; return the dimension d."""
+        gen = torch.Generator().manual_seed(0)
+        for t in dict.fromkeys(t_range):
+            x = self.sample(t, PROBE_N, gen)
+            if x.shape[1] < 1:
+                raise self._error("sample(t, n, generator)", "returned points of dimension 0", "return (n, d) points with d >= 1")
+            self.drift(t, x)
+            self.g2(t)
+            if self._density is not None:
+                tt = torch.full((PROBE_N,), float(t), dtype=torch.float64)
+                self.drift(tt, x)
+                self.g2(tt)
+                self.density(tt, x)
+        return int(self.dim)
+
+
+def _import_field(spec: str) -> object:
+    """The object ``module:attr`` names, with every way of failing as one ConfigError."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"a field spec must look like 'module:attr', got {spec!r}; e.g. udm check --field my_fields:heat")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name.split(".")[0] and err.name != module_name:
+            raise ConfigError(f"cannot import module {module_name!r} of field {spec!r}: {_one_line(err)}; "
+                              "install what it imports or fix the import") from None
+        raise ConfigError(f"cannot import module {module_name!r} of field {spec!r}: no such module; "
+                          "run udm check from the folder that holds it or add that folder to PYTHONPATH") from None
+    except Exception as err:  # a syntax error or anything the module raises at import time
+        raise ConfigError(f"cannot import module {module_name!r} of field {spec!r}: {_one_line(err)}; fix the module") from None
+    if not hasattr(module, attr):
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r} (field spec {spec!r}); "
+                          f"name an object with {FIELD_PROTOCOL}")
+    return getattr(module, attr)
+
+
 def load_field(spec: str) -> Case:
     """A user field from ``"module:attr"``: an object (or a zero-argument factory of one) to check.
 
-    Required: ``sample(t, n, generator)`` and ``drift(t, x)`` (or ``velocity(t, x)``). Optional:
-    ``g2`` (g_t^2, a number or a function of t; default 0, an ODE), ``density(t, x)`` (enables W2),
-    ``t_range`` (default (0.1, 0.9)), ``dim`` (default: from a sample), ``name``, ``description``, ``families``.
+    The protocol (docs/likelihood.md, "user fields"; :data:`FIELD_PROTOCOL`). Required:
+    ``sample(t, n, generator)``, n i.i.d. rows of p_t as floats (n, d), where t is a float
+    and ``generator`` a ``torch.Generator`` to draw all randomness from (the same state must
+    give the same x0 and noise at every t: W1's common random numbers); and
+    ``drift(t, x)`` (or ``velocity(t, x)``), f_t at the rows of x (n, d), with t a float
+    or, for W2, an (n,) tensor. Optional: ``g2`` (g_t^2, a number or a function of t;
+    default 0, an ODE), ``density(t, x)`` (p_t, (n,), differentiable; enables W2),
+    ``t_range`` (default (0.1, 0.9)), ``dim`` (default: from a sample), ``name``,
+    ``description``, ``families``.
+
+    Every function is called once at both ends of t_range before any check runs, and
+    guarded in every later call: a module that does not import, a missing attribute,
+    user code that raises, or an output of the wrong type or shape is one
+    :class:`~udm.errors.ConfigError` naming the spec, never a traceback.
     """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"a field spec must look like 'module:attr' (e.g. 'my_fields:heat'), got {spec!r}")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import module {module_name!r} of field spec {spec!r}: {err}") from None
-    if not hasattr(module, attr):
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (field spec {spec!r})")
-    obj = getattr(module, attr)
+    obj = _import_field(spec)
     if isinstance(obj, type) or (callable(obj) and _attribute(obj, "sample") is None):
-        obj = obj()
+        try:
+            obj = obj()
+        except Exception as err:
+            raise ConfigError(f"field {spec!r}: calling it to build the field raised {_one_line(err)}; "
+                              "make it an object, a class or a function that takes no arguments") from None
     if isinstance(obj, Case):
         return obj
     sample, drift = _attribute(obj, "sample"), _attribute(obj, "drift", "velocity")
     missing = [what for what, got in (("sample(t, n, generator)", sample), ("drift(t, x) or velocity(t, x)", drift)) if not callable(got)]
     if missing:
-        raise ValueError(f"field {spec!r} ({type(obj).__name__}) is missing {' and '.join(missing)}; "
-                         "optional: g2, density(t, x), t_range, dim")
+        raise ConfigError(f"field {spec!r} ({type(obj).__name__}) is missing {' and '.join(missing)}; "
+                          "optional: g2, density(t, x), t_range, dim")
     g2 = _attribute(obj, "g2")
-    g2 = no_diffusion if g2 is None else g2
-    if not (callable(g2) or isinstance(g2, (int, float))):
-        raise ValueError(f"field {spec!r}: g2 must be a number or a function of t, got {type(g2).__name__}")
+    g2 = 0.0 if g2 is None else g2
+    number = isinstance(g2, (int, float)) and not isinstance(g2, bool)
+    if not (callable(g2) or number) or (number and not (math.isfinite(g2) and g2 >= 0)):
+        raise ConfigError(f"field {spec!r}: g2 must be a number >= 0 or a function of t, got {g2!r}; "
+                          "give g_t^2 (0 for an ODE)")
     density = _attribute(obj, "density")
-    t_range = tuple(float(v) for v in (_attribute(obj, "t_range") or (0.1, 0.9)))
-    if len(t_range) != 2 or not t_range[0] <= t_range[1]:
-        raise ValueError(f"field {spec!r}: t_range must be (t_lo, t_hi) with t_lo <= t_hi, got {t_range}")
+    if density is not None and not callable(density):
+        raise ConfigError(f"field {spec!r}: density must be a function density(t, x), got {type(density).__name__}; "
+                          "give p_t or leave it out")
+    try:
+        t_range = tuple(float(v) for v in (_attribute(obj, "t_range") or (0.1, 0.9)))
+    except (TypeError, ValueError):
+        t_range = ()
+    if len(t_range) != 2 or not t_range[0] <= t_range[1] or not all(math.isfinite(v) for v in t_range):
+        raise ConfigError(f"field {spec!r}: t_range must be two finite times (t_lo, t_hi) with t_lo <= t_hi, "
+                          f"got {_attribute(obj, 't_range')!r}; fix t_range")
+    families = _attribute(obj, "families") or FAMILIES
+    families = (families,) if isinstance(families, str) else tuple(families)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or not families:
+        raise ConfigError(f"field {spec!r}: unknown test-function family {unknown[0] if unknown else None!r}; "
+                          f"choose from {', '.join(FAMILIES)}")
+    field = _UserField(spec, sample, drift, g2, density)
     dim = _attribute(obj, "dim")
-    if dim is None:
-        dim = int(torch.as_tensor(sample(t_range[0], 2, 0)).shape[1])
-    families = tuple(_attribute(obj, "families") or FAMILIES)
-    return Case(str(_attribute(obj, "name") or spec), int(dim), sample, drift, g2, density if callable(density) else None,
-                t_range, str(_attribute(obj, "description") or ""), families)
+    if dim is not None:
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ConfigError(f"field {spec!r}: dim must be an integer >= 1, got {dim!r}; fix dim or leave it out")
+        field.dim = dim
+    dim = field.probe(t_range)
+    return Case(str(_attribute(obj, "name") or spec), dim, field.sample, field.drift, float(g2) if number else field.g2,
+                field.density if density is not None else None, t_range, str(_attribute(obj, "description") or ""), families)
 
 
 def resolve_case(spec: str) -> Case:
@@ -389,6 +559,10 @@ def check_times(case: Case, times: int) -> list[float]:
     return [0.5 * (lo + hi)] if times == 1 else [lo + (hi - lo) * i / (times - 1) for i in range(times)]
 
 
+#: ``udm check``'s exit status when nothing failed but some check was underpowered (0: all passed, 1: a failure).
+EXIT_UNDERPOWERED = 3
+
+
 def run_checks(
     case: Case,
     *,
@@ -401,31 +575,60 @@ def run_checks(
     strong: bool = True,
     strong_points: int = 64,
     tol: float = 1e-6,
+    progress: bool = False,
 ) -> list[CheckResult]:
-    """W1 for every test-function family and time, then W2 at the same times when the case has a density.
+    """W1 for every test-function family and time, then W2 at the same times when the case has a density (THEORY §9.2).
 
     ``alpha`` is the familywise level of the case's W1 checks: each of the m = families x times
     checks runs at alpha / m (Bonferroni), so a correct case fails anywhere with probability <= alpha.
+    A W1 result whose sample is too small to tell a right field from a wrong one reports
+    ``verdict == "underpowered"`` (:attr:`~udm.theory.fokker_planck.CheckResult.underpowered`);
+    ``n`` below :data:`~udm.theory.fokker_planck.MIN_EFFECTIVE_N` is refused, since then every
+    W1 result would be. ``progress`` shows a bar over the checks on stderr.
     """
+    if isinstance(n, bool) or int(n) != n or n < MIN_EFFECTIVE_N:
+        raise ConfigError(f"n = {n} particles is below the {MIN_EFFECTIVE_N:.0f} a weak-form z-score needs; "
+                          "use the default n = 20000 (a few thousand at least for the checks to have power)")
+    if isinstance(times, bool) or int(times) != times or times < 1:
+        raise ConfigError(f"times must be an integer >= 1, got {times!r}; give how many times to check per case")
+    if not 0 < alpha < 1:
+        raise ConfigError(f"alpha must lie in (0, 1), got {alpha!r}; give the familywise false-failure level, e.g. 0.01")
     fams = tuple(families or case.families)
     grid = check_times(case, times)
     level = alpha / (len(fams) * len(grid))
-    results = [
-        weak_form_check(case.sample, case.drift, case.g2, t, fam, n=n, seed=seed + i, count=count, alpha=level, name=case.name)
-        for i, (t, fam) in enumerate((t, fam) for t in grid for fam in fams)
-    ]
-    if strong and case.density is not None:
-        for t in grid:
+    weak = [(t, fam) for t in grid for fam in fams]
+    strong_grid = grid if strong and case.density is not None else []
+    from tqdm import tqdm
+
+    results = []
+    with tqdm(total=len(weak) + len(strong_grid), desc=f"check {case.name}", unit="check", disable=not progress, leave=False) as bar:
+        for i, (t, fam) in enumerate(weak):
+            results.append(weak_form_check(case.sample, case.drift, case.g2, t, fam, n=int(n), seed=seed + i, count=count, alpha=level,
+                                           name=case.name))
+            bar.update(1)
+        for t in strong_grid:
             x = torch.as_tensor(case.sample(t, strong_points, torch.Generator().manual_seed(seed + 31337)), dtype=torch.float64)
             results.append(strong_form_check(case.density, case.drift, case.g2, t, x, tol=tol, name=case.name))
+            bar.update(1)
     return results
 
 
 def format_table(results: Sequence[CheckResult]) -> str:
-    """A markdown table: case | check | t | statistic | threshold | result (| note, when a W1 result has a warning)."""
+    """A markdown table: case | check | t | statistic | threshold | detects | result (| note, when a W1 result is underpowered).
+
+    ``detects`` is the smallest error W1 detects with 80% power, as a percentage of the
+    weak form's terms (:attr:`~udm.theory.fokker_planck.CheckResult.detectable`); ``result``
+    is pass, FAIL or underpowered, and the note says why and how many particles would do.
+    """
     notes = any(r.warning for r in results)
-    header = ("case", "check", "t", "statistic", "threshold", "result") + (("note",) if notes else ())
-    rows = [header, *(r.row() + ((r.warning,) if notes else ()) for r in results)]
+    header = ("case", "check", "t", "statistic", "threshold", "detects", "result") + (("note",) if notes else ())
+
+    def cells(r: CheckResult) -> tuple[str, ...]:
+        case, check, t, stat, thr, verdict = r.row()
+        detects = "-" if r.detectable is None else f"{100 * r.detectable:.2g}%"
+        return (case, check, t, stat, thr, detects, verdict) + ((r.warning,) if notes else ())
+
+    rows = [header, *(cells(r) for r in results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
@@ -434,8 +637,29 @@ def format_table(results: Sequence[CheckResult]) -> str:
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *(line(r) for r in rows[1:])])
 
 
+def summarize(results: Sequence[CheckResult]) -> tuple[str, int]:
+    """The closing line of ``udm check`` and its exit status: 0 all passed, 1 a check FAILED, else
+    :data:`EXIT_UNDERPOWERED` when some check was underpowered (nothing is verified by it, nothing refuted).
+
+    An underpowered check is never counted as a failure; the line says how many particles
+    would give every check power (the largest :attr:`~udm.theory.fokker_planck.CheckResult.needed_n`).
+    """
+    verdicts = [r.verdict for r in results]
+    passed, failed, weak = verdicts.count("pass"), verdicts.count("FAIL"), verdicts.count("underpowered")
+    line = f"{passed} of {len(results)} checks passed"
+    if failed:
+        line += f"; {failed} FAILED"
+    if weak:
+        needed = max((r.needed_n or 0) for r in results)
+        line += (f"; {weak} underpowered: too few particles for the test to tell a right field from a wrong one "
+                 f"(neither a pass nor a failure); rerun with n (--n) of about {needed} or more")
+    return line, 1 if failed else EXIT_UNDERPOWERED if weak else 0
+
+
 __all__ = [
     "CHECK_CASES",
+    "EXIT_UNDERPOWERED",
+    "FIELD_PROTOCOL",
     "GAUSSIAN_RANGES",
     "MIXTURE",
     "POINTS",
@@ -453,4 +677,5 @@ __all__ = [
     "resolve_case",
     "reverse_family",
     "run_checks",
+    "summarize",
 ]

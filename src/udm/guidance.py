@@ -20,6 +20,24 @@ Each guide returns the guided x0_hat, the quantity all samplers consume:
 
 The gradient shift is exact Bayes for Gaussian noise (score = -eps/sigma); for
 other noise laws it is the same first-order rule applied to the x0 estimate.
+
+**Where alpha = 0** (rectified flow at t = 1, the start of its default grid)
+x_t = sigma eps carries no information about x0, so p(y | x_t) = p(y): the
+score shift gamma grad log p(y | x_t) is 0 there, and its x0 form
+(sigma^2 / alpha) grad log p(y | x_t) is 0/0. What the samplers need at that
+point is the guided x0 itself, and it has a finite limit as alpha -> 0:
+grad log p(y | x_t) vanishes like alpha, and at gamma = 1 the shift tends to
+E[x0 | y] - E[x0], so the guided x0 is the class mean, the conditional model's
+x0_hat at alpha = 0 (an unguided network is trained to output such limits).
+A guide cannot evaluate 0/0, so :class:`GradientGuidance` takes the limit
+one-sidedly: where alpha = 0 it evaluates the shift (gradient and coefficient)
+at the time where sigma/alpha = ``endpoint_sigma_tilde`` (default 80, EDM's
+sigma_max; VP starts near 150), an O(1/80) relative error in a shift that a
+step of size h multiplies by O(h). Dropping the shift there instead (its score
+form) would leave the first step unguided, an O(h) error in every sample.
+An energy whose gradient does not vanish at alpha = 0 has no finite x0 form
+there (the guided velocity grows like 1/alpha); the same rule caps its shift
+at the one it has at sigma/alpha = 80, about what a VP process meets at t_max.
 """
 
 from __future__ import annotations
@@ -87,17 +105,45 @@ class ClassifierFreeGuidance(nn.Module):
         return torch.where((st >= self.interval[0]) & (st <= self.interval[1]), guided, x0_c)
 
 
+#: sigma/alpha at which the guidance shift stands in for its limit where alpha = 0 (module docstring).
+ENDPOINT_SIGMA_TILDE = 80.0
+
+
 class GradientGuidance(nn.Module):
     """x0_hat + gamma (sigma_t^2 / alpha_t) grad_x log f(x_t, t, y) (THEORY §2.1 "equivalent forms", G2-G3).
 
     ``log_f(x, t, cond)`` returns one value per sample; the wrapped denoiser is
-    called without the condition (an unconditional model).
+    called without the condition (an unconditional model). Where alpha_t = 0 the
+    shift is evaluated at sigma/alpha = ``endpoint_sigma_tilde`` instead: its
+    one-sided limit (module docstring); x0_hat itself is still taken at t.
     """
 
-    def __init__(self, denoiser: Denoiser, log_f: Callable[[Tensor, Tensor, object], Tensor], gamma: float = 1.0) -> None:
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        log_f: Callable[[Tensor, Tensor, object], Tensor],
+        gamma: float = 1.0,
+        endpoint_sigma_tilde: float = ENDPOINT_SIGMA_TILDE,
+    ) -> None:
         super().__init__()
+        if not (endpoint_sigma_tilde > 0 and endpoint_sigma_tilde < float("inf")):
+            raise ValueError(f"endpoint_sigma_tilde must be a finite noise level > 0, got {endpoint_sigma_tilde!r}")
         self.denoiser, self.log_f, self.gamma = denoiser, log_f, float(gamma)
+        self.endpoint_sigma_tilde = float(endpoint_sigma_tilde)
         self.process = require(denoiser.process, LinearPath, "gradient guidance")
+
+    def shift_time(self, t: float | Tensor, x: Tensor) -> float | Tensor:
+        """The time the shift is evaluated at: t, or where alpha_t = 0 the time of sigma/alpha = ``endpoint_sigma_tilde``.
+
+        Keeps the form of ``t`` (a float, a 0-d or a (B,) tensor), so ``log_f`` sees what it would have seen.
+        """
+        tt = torch.as_tensor(t, dtype=torch.float64, device=x.device)
+        vanishing = self.process.alpha(tt).to(x.device) == 0
+        if not bool(vanishing.any()):
+            return t
+        end = self.process.t_from_sigma_tilde(torch.tensor(self.endpoint_sigma_tilde, dtype=torch.float64)).to(tt)
+        shifted = torch.where(vanishing, end, tt)
+        return float(shifted) if not isinstance(t, Tensor) else shifted.to(t.dtype)
 
     def gradient(self, x: Tensor, t: float | Tensor, cond: object) -> Tensor:
         """grad_x log f(x_t, t, y), by autograd."""
@@ -110,11 +156,12 @@ class GradientGuidance(nn.Module):
         return g
 
     def forward(self, x: Tensor, t: float | Tensor, cond: object = None) -> Tensor:
-        tt = time_tensor(t, x)
-        a, s = self.process.alpha(tt).to(x.device), self.process.sigma(tt).to(x.device)
         with torch.no_grad():
             x0 = self.denoiser(x, t)
-        return x0 + (self.gamma * s**2 / a).to(x.dtype) * self.gradient(x, t, cond)
+        t_shift = self.shift_time(t, x)
+        tt = time_tensor(t_shift, x)
+        a, s = self.process.alpha(tt).to(x.device), self.process.sigma(tt).to(x.device)
+        return x0 + (self.gamma * s**2 / a).to(x.dtype) * self.gradient(x, t_shift, cond)
 
 
 class ClassifierGuidance(GradientGuidance):
@@ -125,8 +172,15 @@ class ClassifierGuidance(GradientGuidance):
     gradient then flows through the denoiser.
     """
 
-    def __init__(self, denoiser: Denoiser, classifier: Callable[..., Tensor], gamma: float = 1.0, clean: bool = False) -> None:
-        super().__init__(denoiser, self._log_prob, gamma)
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        classifier: Callable[..., Tensor],
+        gamma: float = 1.0,
+        clean: bool = False,
+        endpoint_sigma_tilde: float = ENDPOINT_SIGMA_TILDE,
+    ) -> None:
+        super().__init__(denoiser, self._log_prob, gamma, endpoint_sigma_tilde)
         self.classifier, self.clean = classifier, bool(clean)
 
     def _log_prob(self, x: Tensor, t: float | Tensor, cond: object) -> Tensor:
@@ -140,8 +194,14 @@ class ClassifierGuidance(GradientGuidance):
 class EnergyGuidance(GradientGuidance):
     """Similarity / energy guidance (THEORY §2.2, G3): log f = energy(x_t, t, y) for any differentiable energy."""
 
-    def __init__(self, denoiser: Denoiser, energy: Callable[[Tensor, Tensor, object], Tensor], gamma: float = 1.0) -> None:
-        super().__init__(denoiser, energy, gamma)
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        energy: Callable[[Tensor, Tensor, object], Tensor],
+        gamma: float = 1.0,
+        endpoint_sigma_tilde: float = ENDPOINT_SIGMA_TILDE,
+    ) -> None:
+        super().__init__(denoiser, energy, gamma, endpoint_sigma_tilde)
 
 
 def cosine_energy(encoder_x: Callable[[Tensor, Tensor], Tensor], target: Tensor) -> Callable[[Tensor, Tensor, object], Tensor]:

@@ -140,13 +140,28 @@ def _vjp_quadratic_forms(out: Tensor, y: Tensor, vectors: Tensor) -> Tensor:
 
 
 class _Field:
-    """The augmented ODE (dy/du, d delta_k/du) of the PF-ODE in an ODEView variable; counts evaluations."""
+    """The augmented ODE (dy/du, d delta_k/du) of the PF-ODE in an ODEView variable; counts evaluations.
 
-    def __init__(self, denoiser: Callable, view: ODEView, vectors: Tensor, exact: bool, u_range: tuple[float, float], shape, dtype) -> None:
+    With a ``bar`` (tqdm, total 100) it shows the share of [u0, u1] the solver has reached and the NFE.
+    """
+
+    def __init__(
+        self, denoiser: Callable, view: ODEView, vectors: Tensor, exact: bool, u_range: tuple[float, float], shape, dtype,
+        start: float | None = None, bar=None,
+    ) -> None:
         self.denoiser, self.view, self.vectors, self.exact = denoiser, view, vectors, exact
         self.u_lo, self.u_hi = u_range
         self.shape, self.dtype = shape, dtype
+        self.start, self.bar = self.u_lo if start is None else start, bar
         self.nfe = 0
+
+    def _report(self, u: float) -> None:
+        """Advance the bar to the farthest point of the range the solver has evaluated."""
+        span = self.u_hi - self.u_lo
+        done = round(100.0 * min(max(abs(u - self.start) / span, 0.0), 1.0), 1) if span > 0 else 100.0
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        self.bar.set_postfix_str(f"NFE {self.nfe}", refresh=False)
 
     def __call__(self, u: Tensor, state: Tensor) -> Tensor:
         b, d = self.shape[0], math.prod(self.shape[1:])
@@ -157,6 +172,8 @@ class _Field:
             out = self.view.derivative(self.denoiser(x, t), x, t)
             forms = _vjp_quadratic_forms(out, y, self.vectors)
         self.nfe += 1
+        if self.bar is not None:
+            self._report(float(u))
         div = forms.sum(0, keepdim=True).T if self.exact else forms.T  # (B, 1) exact, (B, K) Hutchinson
         return torch.cat([out.detach().reshape(b, d).to(torch.float64), div.detach()], 1)
 
@@ -201,6 +218,7 @@ def flow(
     variable: str | None = None,
     generator: rng.GeneratorLike = None,
     per_sample: bool = True,
+    progress: bool = False,
 ) -> tuple[Tensor, Tensor, int]:
     """Carry ``x`` (at time t_start) along the PF-ODE to t_end; return (x_end, delta (B, K), NFE).
 
@@ -210,7 +228,9 @@ def flow(
     encoding (t_start < t_end) and decoding give deltas of opposite sign.
     K = 1 for the exact divergence. ``per_sample=False`` uses torchdiffeq's
     default error norm (one RMS over the whole batch state) instead of the
-    per-sample norm of the module docstring.
+    per-sample norm of the module docstring. ``progress`` shows a bar on stderr: the
+    share of the integration range done (the adaptive solver's NFE is not known in
+    advance) and the NFE so far.
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {divergence!r}")
@@ -226,13 +246,22 @@ def flow(
     exact = divergence == "exact"
     vectors = _basis(shape, x.device) if exact else _probes(probe, shape, int(probes), generator, x.device)
     u0, u1 = view.u(t_start), view.u(t_end)
-    field = _Field(denoiser, view, vectors, exact, (min(u0, u1), max(u0, u1)), shape, x.dtype)
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc="likelihood ODE", unit="%", disable=not progress, leave=False, dynamic_ncols=True,
+               bar_format="{l_bar}{bar}| {n:.0f}/100% [{elapsed}{postfix}]")
+    field = _Field(denoiser, view, vectors, exact, (min(u0, u1), max(u0, u1)), shape, x.dtype, u0, bar if progress else None)
     k = 1 if exact else int(probes)
     d = math.prod(shape[1:])
     state0 = torch.cat([view.to_state(x, t_start).reshape(shape[0], d).to(torch.float64), x.new_zeros(shape[0], k, dtype=torch.float64)], 1)
     grid = torch.tensor([u0, u1], dtype=torch.float64, device=x.device)
     options = {"norm": _per_sample_norm(d)} if per_sample else None
-    state1 = odeint(field, state0, grid, rtol=rtol, atol=atol, method=method, options=options)[-1]
+    try:
+        state1 = odeint(field, state0, grid, rtol=rtol, atol=atol, method=method, options=options)[-1]
+        bar.update(100 - bar.n)
+        bar.set_postfix_str(f"NFE {field.nfe}")  # the final frame, whatever tqdm's refresh interval skipped
+    finally:
+        bar.close()
     delta = state1[:, d:]  # int_u0^u1 div_y (dy/du) du: log q_u0(y0) = log q_u1(y1) + delta, in either direction
     if view.scaled:  # log p_t(x) = log q_u(y) - D log alpha_t
         delta = delta + d * (math.log(float(process.alpha(t_end))) - math.log(float(process.alpha(t_start))))
@@ -257,7 +286,8 @@ def log_likelihood(
     returns log p_T per sample; by default :func:`prior_log_prob`, the
     sampler's starting law. For a closed-form check pass the exact marginal.
     ``divergence`` and ``solver`` (probes, probe, rtol, atol, method, variable,
-    generator, per_sample) are the options of :func:`flow`.
+    generator, per_sample, progress) are the options of :func:`flow`; ``progress=True``
+    shows the integration's progress and NFE on stderr (silent by default).
     """
     process = require(denoiser.process, LinearPath, "the likelihood ODE")
     t0 = process.t_eps if t0 is None else float(t0)

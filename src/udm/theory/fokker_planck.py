@@ -42,21 +42,30 @@ Diffusion = float | Callable[[TimeLike], Tensor | float]
 Density = Callable[[Tensor, Tensor], Tensor]
 FAMILIES = ("bumps", "fourier", "polynomial")
 _EPS = torch.finfo(torch.float64).eps
-#: Below this many effective particles a W1 z-score is flagged (CheckResult.warning): the CLT needs many.
+#: Below this many effective particles a W1 z-score is not trusted (CheckResult.underpowered): the CLT needs many.
 MIN_EFFECTIVE_N = 30.0
+#: The power at which :attr:`CheckResult.detectable` is quoted.
+POWER = 0.8
+#: A W1 check that cannot detect an error of this fraction of its transport terms (with power :data:`POWER`) is underpowered.
+MAX_DETECTABLE = 0.5
 
 
 # --- results -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CheckResult:
-    """The outcome of one check: ``statistic`` is compared with ``threshold`` (pass iff below).
+    """The outcome of one check: ``statistic`` is compared with ``threshold`` (``passed`` iff below).
 
     W1: lhs, rhs, stderr are per test function (K,) and statistic = max_k |lhs - rhs| / stderr;
     ``effective_n`` = min_k (sum_i Z_ik^2)^2 / sum_i Z_ik^4 over the centred per-particle
     differences Z, the number of particles that carry the variance (n for equal
-    contributions, ~1 when one particle dominates; see :attr:`warning`).
+    contributions, ~1 when one particle dominates); ``scale`` (K,) = |E f . grad phi_k| +
+    |E 1/2 g^2 Lap phi_k|, the size of the transport terms whose sum is rhs.
     W2: lhs = d_t p and rhs = -div(p f) + 1/2 g^2 Lap p per point; statistic = max relative residual.
     W3: lhs = int v . grad p, rhs = -int p div v; statistic = |lhs - rhs| / int(|v . grad p| + |p div v|).
+
+    ``passed`` is the raw comparison; :attr:`verdict` is what to report: a W1 check
+    without the power to tell a right field from a wrong one (:attr:`underpowered`) is
+    neither a pass nor a failure (THEORY §9.2, W1).
     """
 
     name: str
@@ -69,18 +78,75 @@ class CheckResult:
     check: str = "W1"
     t: float | None = None
     effective_n: float | None = None
+    scale: Tensor | None = None
+    n: int | None = None
+
+    @property
+    def detectable(self) -> float | None:
+        """The smallest error the check detects with probability :data:`POWER`, as a fraction of the transport terms.
+
+        A drift or diffusion that is wrong by a fraction rho of its term moves
+        lhs_k - rhs_k by about rho scale_k; the Bonferroni z-test rejects that with
+        probability POWER when rho scale_k >= (threshold + z_POWER) stderr_k for some k,
+        so this is min_k (threshold + z_POWER) stderr_k / scale_k. It shrinks like 1/sqrt(n).
+        """
+        if self.stderr is None or self.scale is None:
+            return None
+        ratio = (self.threshold + NormalDist().inv_cdf(POWER)) * self.stderr / self.scale.clamp_min(torch.finfo(torch.float64).tiny)
+        return float(ratio.min())
+
+    @property
+    def underpowered(self) -> bool:
+        """True when the W1 verdict means nothing at this n: too few effective particles, or no power to see a large error.
+
+        Below :data:`MIN_EFFECTIVE_N` effective particles the standard error (and so the
+        z-score) is unreliable and a correct field can score z ~ 10; above
+        :data:`MAX_DETECTABLE` even an error of half the transport terms goes unseen.
+        """
+        few = self.effective_n is not None and self.effective_n < MIN_EFFECTIVE_N
+        weak = self.passed and self.detectable is not None and self.detectable > MAX_DETECTABLE
+        return few or weak
+
+    @property
+    def needed_n(self) -> int | None:
+        """About how many particles the check needs to have power (None when it has it, or for W2/W3).
+
+        The effective count grows like n and :attr:`detectable` shrinks like 1/sqrt(n), so
+        n max(MIN_EFFECTIVE_N / effective_n, (detectable / MAX_DETECTABLE)^2), with a margin of 2 (the
+        effective count of a small sample is itself noisy), rounded up to thousands.
+        """
+        if not self.underpowered or self.n is None:
+            return None
+        factor = 1.0
+        if self.effective_n is not None:
+            factor = max(factor, MIN_EFFECTIVE_N / max(self.effective_n, 1.0))
+        if self.detectable is not None:
+            factor = max(factor, (self.detectable / MAX_DETECTABLE) ** 2)
+        return int(math.ceil(2.0 * factor * self.n / 1000.0) * 1000)
+
+    @property
+    def verdict(self) -> str:
+        """``"pass"``, ``"FAIL"`` or ``"underpowered"`` (an inconclusive W1 check, whatever its statistic)."""
+        if self.underpowered:
+            return "underpowered"
+        return "pass" if self.passed else "FAIL"
 
     @property
     def warning(self) -> str:
-        """Non-empty when W1's normal approximation is doubtful: the variance rests on few particles."""
+        """Non-empty when W1 is underpowered: why, and how many particles it needs."""
+        if not self.underpowered:
+            return ""
         if self.effective_n is not None and self.effective_n < MIN_EFFECTIVE_N:
-            return f"SE rests on ~{self.effective_n:.0f} particles: raise n or check where the kernels overlap"
-        return ""
+            why = f"SE rests on ~{self.effective_n:.0f} particles"
+        else:
+            why = f"blind to errors below {100 * self.detectable:.0f}% of the terms"
+        hint = f"raise n to ~{self.needed_n}" if self.needed_n is not None else "raise n"
+        return f"{why}: {hint} (or check where the kernels overlap)"
 
     def row(self) -> tuple[str, str, str, str, str, str]:
-        """(case, check, t, statistic, threshold, pass/FAIL) as strings, for :func:`udm.checks.format_table`."""
+        """(case, check, t, statistic, threshold, verdict) as strings, for :func:`udm.checks.format_table`."""
         t = "-" if self.t is None else f"{self.t:.4g}"
-        return self.name, self.check, t, f"{self.statistic:.3g}", f"{self.threshold:.3g}", "pass" if self.passed else "FAIL"
+        return self.name, self.check, t, f"{self.statistic:.3g}", f"{self.threshold:.3g}", self.verdict
 
     def __str__(self) -> str:
         case, check, t, stat, thr, verdict = self.row()
@@ -460,8 +526,12 @@ def weak_form_check(
     data at small t, where the kernels of distinct sources barely overlap, the differences
     vanish except on rare particles between sources; the SE then rests on a few particles,
     is underestimated when they are absent, and a correct field can score z ~ 10.
-    ``CheckResult.effective_n`` measures this (:attr:`CheckResult.warning` below
-    :data:`MIN_EFFECTIVE_N`): check at times where the kernels overlap, or raise n. For
+    ``CheckResult.effective_n`` measures this (below :data:`MIN_EFFECTIVE_N` the result is
+    underpowered, :attr:`CheckResult.verdict`): check at times where the kernels overlap, or
+    raise n. A pass proves little when n is small: :attr:`CheckResult.detectable` is the
+    smallest error the check sees with 80% power, relative to ``scale`` = |LHS_k| + |E f . grad phi_k|
+    + |E 1/2 g^2 Lap phi_k|, the sizes of the weak form's terms (as W2 measures the strong
+    form's), and a pass that cannot see an error of half of them is underpowered too. For
     kernels without a finite variance (Cauchy) use test functions whose gradient decays
     fast (bumps): polynomial means do not exist there.
     """
@@ -484,12 +554,15 @@ def weak_form_check(
     f = torch.as_tensor(drift(t, x), dtype=torch.float64)
     if f.shape != x.shape:
         raise ValueError(f"drift(t, x) must return shape {tuple(x.shape)}, got {tuple(f.shape)}")
-    integrand = (f[:, None, :] * phis.grad(x)).sum(-1) + 0.5 * diffusion_value(g2, t) * phis.laplacian(x)  # (n, K)
+    transport = (f[:, None, :] * phis.grad(x)).sum(-1)  # (n, K)
+    diffusion = 0.5 * diffusion_value(g2, t) * phis.laplacian(x)
+    integrand = transport + diffusion
 
     values = {k: phis(draw(t + k * h, k)) for k in (-2, -1, 1, 2)}
     quotient = (values[1] - values[-1]) / (2 * h)  # (n, K)
     wide = (values[2] - values[-2]) / (4 * h)
     lhs, rhs = quotient.mean(0), integrand.mean(0)
+    scale = lhs.abs() + transport.mean(0).abs() + diffusion.mean(0).abs()
     if common_random_numbers:
         paired = quotient - integrand
         var = paired.var(0) / n
@@ -502,7 +575,8 @@ def weak_form_check(
     z = (lhs - rhs).abs() / stderr.clamp_min(torch.finfo(torch.float64).tiny)
     statistic = float(z.max())
     threshold = bonferroni_threshold(phis.count, alpha)
-    return CheckResult(name, statistic, threshold, statistic < threshold, lhs, rhs, stderr, f"W1/{phis.kind}", t, effective_count(paired))
+    return CheckResult(name, statistic, threshold, statistic < threshold, lhs, rhs, stderr, f"W1/{phis.kind}", t, effective_count(paired),
+                       scale, n)
 
 
 def effective_count(z: Tensor) -> float:
@@ -636,7 +710,9 @@ __all__ = [
     "TestFunctions",
     "bonferroni_threshold",
     "default_step",
+    "MAX_DETECTABLE",
     "MIN_EFFECTIVE_N",
+    "POWER",
     "dense_half",
     "effective_count",
     "diffusion_value",
