@@ -123,7 +123,7 @@ def test_sample_and_eval_honour_the_runs_sample_section(tmp_path, capsys):
     metrics = json.loads(out)
     assert metrics["sampler"] == "ddim" and metrics["steps"] == 4 and metrics["n"] == 40
     code, _, err = run_cli(capsys, "sample", str(run), "--steps", "0")
-    assert_one_line_error(code, err, "--steps must be >= 1")
+    assert_one_line_error(code, err, "--steps", "must be >= 1")
 
 
 def test_python_dash_m_is_the_same_command():
@@ -303,3 +303,38 @@ def test_check_prints_a_table_and_fails_wrong_fields(tmp_path, capsys, monkeypat
     assert code == 1 and "FAILED" in out
     code, _, err = run_cli(capsys, "check", "--field", "my_fields:nothing")
     assert_one_line_error(code, err, "module 'my_fields' has no attribute 'nothing'")
+
+
+def test_a_token_run_samples_text_and_is_scored_as_text(tmp_path, capsys):
+    """`udm sample` on a text run uses its sampler and writes decoded text; `udm eval` reports n-gram distances and a
+    bits-per-character bound, not distances between character ids."""
+    text = tmp_path / "abc.txt"
+    text.write_text("abcabcabd" * 80)
+    config = {
+        "name": "text",
+        "seed": 0,
+        "data": {"name": "text_file", "path": str(text), "seq_len": 8, "test_fraction": 0.2},
+        "process": {"name": "mask", "schedule": "linear"},
+        "prediction": {"name": "logits"},
+        "network": {"name": "sequence_transformer", "hidden": 16, "depth": 1, "num_heads": 2},
+        "loss": {"weighting": "elbo"},
+        "train": {"steps": 3, "batch_size": 16, "log_every": 1, "ckpt_every": 3, "ema": None},
+        "sample": {"sampler": "udm_deterministic", "steps": 8, "n": 6, "eval_n": 20},
+    }
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", str(write_config(tmp_path / "t.yaml", config)), "--out", str(run), "--quiet")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "sample", str(run), "--out", str(tmp_path / "s"), "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "s" / "samples.txt").is_file() and "samples_step3_udm_deterministic_8" not in out
+    bodies = [line for line in (tmp_path / "s" / "samples.txt").read_text().splitlines() if line and not line.startswith("---")]
+    assert len(bodies) == 6 and all(len(b) == 8 and set(b) <= set("abcd") for b in bodies), bodies
+    assert load_file(str(tmp_path / "s" / "samples.safetensors"))["samples"].shape == (6, 8)
+    code, out, err = run_cli(capsys, "eval", str(run), "--quiet")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert "sliced_wasserstein" not in metrics and metrics["unigram_tv"] >= 0 and metrics["bigram_tv_floor"] >= 0
+    assert 0 < metrics["nll_bound_bits_per_token"] < 8
+    code, out, err = run_cli(capsys, "eval", str(run), "--nll", "--n", "10", "--quiet")
+    assert code == 0, err
+    assert json.loads(out)["n"] == 10 and json.loads(out)["nll_bound_bits_per_token"] > 0

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import ConfigError
+from .atomic import check_writable
+from .config import check_device, parse_yaml
+from .errors import ConfigError, TrainingInterrupted, UdmError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -28,24 +31,35 @@ def bundled_configs() -> list[str]:
 
 
 def find_config(name: str) -> Path:
-    """A config path: the file itself, or a bundled config by name."""
+    """A config path: the file itself, or a bundled config by its bare name (``udm train demo_moons``).
+
+    A path that names no file is an error even when a bundled config has the
+    same stem: a mistyped path must not silently train something else.
+    """
     path = Path(name)
     if path.is_file():
         return path
-    bundled = CONFIG_DIR / f"{path.stem}.yaml"
-    if path.suffix in ("", ".yaml") and bundled.is_file() and len(path.parts) <= 2:
+    if path.is_dir():
+        raise ConfigError(f"config {name!r} is a folder; give a YAML file or a bundled config name: {', '.join(bundled_configs())}")
+    bundled = CONFIG_DIR / f"{name}.yaml"
+    if len(path.parts) == 1 and not path.suffix and bundled.is_file():
         return bundled
-    raise ConfigError(f"config {name!r} not found: give a YAML file or one of the bundled configs: {', '.join(bundled_configs())}")
+    hint = f" (the bundled config is `udm train {path.stem}`)" if (CONFIG_DIR / f"{path.stem}.yaml").is_file() else ""
+    raise ConfigError(f"config {name!r} not found{hint}; give a YAML file or one of the bundled configs: {', '.join(bundled_configs())}")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["train.steps=10", "process.name=vp"]`` -> ``{"train.steps": 10, ...}`` (values parsed as YAML)."""
+    """``["train.steps=10", "train.lr=1e-3"]`` -> ``{"train.steps": 10, "train.lr": 0.001}`` (values parsed as YAML)."""
     out = {}
     for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.steps=100), got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set expects KEY=VALUE with a dotted key (e.g. train.steps=100), got {item!r}")
+        try:
+            out[key] = parse_yaml(value)
+        except Exception as e:  # any YAML parser error is the user's value
+            raise ConfigError(f"--set {key}: the value {value!r} is not valid YAML ({str(e).splitlines()[0]}); quote it or fix it") from None
     return out
 
 
@@ -59,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides["train.device"] = args.device
     config = load_config(find_config(args.config), overrides)
-    out = Path(args.out or Path("runs") / config["name"])
+    out = check_writable(args.out or Path("runs") / config["name"], "--out", folder=True)
     info = distributed.init(config["train"]["device"])
     try:
         trainer = Trainer(config, out, resume=args.resume, progress=not args.quiet, dist_info=info)
@@ -75,7 +89,17 @@ def _load(args: argparse.Namespace, path: str | None = None):
     """The Experiment of ``path`` (default the positional checkpoint), EMA weights unless ``--raw-weights``."""
     from .training import Experiment
 
+    check_device("--device", args.device)
     return Experiment.from_run(path or args.checkpoint, use_ema=not args.raw_weights, device=args.device)
+
+
+def _note_ema(exp, args: argparse.Namespace) -> None:
+    """Say so on stderr when the EMA weights about to be used are still dominated by their initialization."""
+    from .training import ema_note_from_meta
+
+    note = None if args.raw_weights or "ema" not in exp.checkpoint.tensors else ema_note_from_meta(exp.checkpoint.meta)
+    if note:
+        print(f"udm: note: {note}", file=sys.stderr)
 
 
 def _require_generative(exp, path: str) -> None:
@@ -84,17 +108,21 @@ def _require_generative(exp, path: str) -> None:
         raise ConfigError(f"{path} is a {exp.objective.run_kind} run: it draws no samples{guide}")
 
 
-def _sampling(exp, args: argparse.Namespace) -> tuple[str, int, dict]:
-    """(sampler, steps, options): the flags where given, else the run's ``sample`` section, whose options apply to its own sampler."""
-    from .samplers import SAMPLERS
+def _sampling(exp, args: argparse.Namespace) -> tuple[str, int, dict, Any]:
+    """(sampler, steps, options, grid): the flags where given, else the run's ``sample`` section.
+
+    The section's options apply to its own sampler only.
+    """
+    from .samplers import GRIDS, SAMPLERS
 
     sc = exp.config["sample"]
     sampler = args.sampler if args.sampler is not None else sc["sampler"]
     steps = args.steps if args.steps is not None else sc["steps"]
+    grid = args.grid or sc["grid"]
     SAMPLERS.get(sampler)
-    if steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {steps}")
-    return sampler, steps, dict(sc["options"] or {}) if sampler == sc["sampler"] else {}
+    if isinstance(grid, str):
+        GRIDS.get(grid)
+    return sampler, steps, dict(sc["options"] or {}) if sampler == sc["sampler"] else {}, grid
 
 
 def _conditioned(exp, args: argparse.Namespace, n: int):
@@ -152,17 +180,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .evaluate import draw_samples
     from .training.samples import save_samples
 
+    if args.out is not None:
+        check_writable(args.out, "--out", folder=True)
     exp = _load(args)
     _require_generative(exp, args.checkpoint)
-    sampler, steps, options = _sampling(exp, args)
+    sampler, steps, options, grid = _sampling(exp, args)
     n = args.n if args.n is not None else exp.config["sample"]["n"]
-    if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
     model, cond = _conditioned(exp, args, n)
-    grid = args.grid or exp.config["sample"]["grid"]
-    x, nfe = draw_samples(model, exp.shape, n, sampler, steps, seed=args.seed, grid=grid, cond=cond, device=args.device, **options)
     ckpt = exp.checkpoint
-    out = Path(args.out or ckpt.run_dir / f"samples_step{ckpt.step}_{sampler}_{steps}")
+    out = check_writable(args.out or ckpt.run_dir / f"samples_step{ckpt.step}_{sampler}_{steps}", "--out", folder=True)
+    _note_ema(exp, args)
+    x, nfe = draw_samples(model, exp.shape, n, sampler, steps, seed=args.seed, grid=grid, cond=cond, device=args.device,
+                          progress=not args.quiet, **options)
     meta = {"checkpoint": str(ckpt.path), "sampler": sampler, "steps": str(steps), "nfe": str(nfe), "seed": str(args.seed)}
     for path in save_samples(x, out / "samples", exp.data, meta=meta):
         print(path)
@@ -183,15 +212,19 @@ def _nll_metrics(denoiser, test, n: int, args: argparse.Namespace) -> dict:
 
     import torch
 
+    from .evaluate import token_nll_bound
     from .likelihood import bits_per_dim, dequantization_offset, dequantize, log_likelihood
 
+    if test.kind == "tokens":
+        return {"n": n, **token_nll_bound(denoiser, test.x[:n], seed=args.seed, progress=not args.quiet)}
     device = next(denoiser.parameters(), torch.empty(0)).device
     x = test.x[:n].to(device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     image = test.levels is not None
     if image:
         x = dequantize(x, test.levels, gen)
-    result = log_likelihood(denoiser, x, divergence=args.divergence, probes=args.probes, rtol=args.rtol, atol=args.rtol, generator=gen)
+    result = log_likelihood(denoiser, x, divergence=args.divergence, probes=args.probes, rtol=args.rtol, atol=args.rtol, generator=gen,
+                            progress=not args.quiet)
     nll = -result.log_p
     dim = x[0].numel()
     out = {
@@ -213,22 +246,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .atomic import write_atomic
     from .evaluate import draw_samples, sample_metrics
 
+    if args.out is not None:
+        check_writable(args.out, "--out", folder=False)
     exp = _load(args)
     train, test = exp.splits()
-    n = min(args.n or exp.config["sample"]["eval_n"], len(test))
+    n = args.n if args.n is not None else min(exp.config["sample"]["eval_n"] if not args.nll else 256, len(test))
+    if n > len(test):
+        raise ConfigError(f"--n {n} is more than the {len(test)} held-out samples of {exp.data['name']!r}; use --n {len(test)} or fewer")
     metrics = {"checkpoint": str(exp.checkpoint.path), "step": exp.checkpoint.step}
     model = exp.model()
     if not exp.objective.generative:
         if args.nll:
             raise ConfigError(f"--nll needs a generative model; {args.checkpoint} is a {exp.objective.run_kind} run")
+        _note_ema(exp, args)
         metrics.update(n=n, **_classifier_metrics(model, test, n, args.seed))
     elif args.nll:
-        metrics.update(_nll_metrics(model, test, min(args.n or 256, len(test)), args))
+        _note_ema(exp, args)
+        metrics.update(_nll_metrics(model, test, n, args))
     else:
-        sampler, steps, options = _sampling(exp, args)
-        grid = exp.config["sample"]["grid"]
-        x, nfe = draw_samples(model, exp.shape, n, sampler, steps, seed=args.seed, grid=grid, device=args.device, **options)
-        metrics.update(sampler=sampler, steps=steps, nfe=nfe, **sample_metrics(x, test, train))
+        sampler, steps, options, grid = _sampling(exp, args)
+        _note_ema(exp, args)
+        x, nfe = draw_samples(model, exp.shape, n, sampler, steps, seed=args.seed, grid=grid, device=args.device,
+                              progress=not args.quiet, **options)
+        metrics.update(sampler=sampler, steps=steps, nfe=nfe, **sample_metrics(x, test, train, model=model, progress=not args.quiet))
     text = json.dumps(metrics, indent=1)
     print(text)
     if args.out:
@@ -237,10 +277,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Weak-form (W1) and strong-form (W2) checks of named processes or a user's field (THEORY §9.2); exit 1 on a failure."""
+    """Weak-form (W1) and strong-form (W2) checks of named processes or a user's field (THEORY §9.2).
+
+    Exit 1 on a failure, 3 when nothing failed but a check had too few particles to detect an error (underpowered).
+    """
     import os
 
-    from .checks import CHECK_CASES, format_table, load_field, resolve_case, run_checks
+    from .checks import CHECK_CASES, format_table, load_field, resolve_case, run_checks, summarize
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # `--field my_module:my_field` finds modules in the working directory
@@ -249,11 +292,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         cases = [CHECK_CASES.get(name)() for name in CHECK_CASES.names()]
     results = []
     for case in cases:
-        results += run_checks(case, n=args.n, times=args.times, alpha=args.alpha, seed=args.seed)
+        results += run_checks(case, n=args.n, times=args.times, alpha=args.alpha, seed=args.seed, progress=not args.quiet)
     print(format_table(results))
-    failed = sum(not r.passed for r in results)
-    print(f"\n{len(results) - failed} of {len(results)} checks passed" + (f"; {failed} FAILED" if failed else ""))
-    return 1 if failed else 0
+    line, code = summarize(results)
+    print(f"\n{line}")
+    return code
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -294,16 +337,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of every other mistake: ``udm: error: ...``, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{message}; see `{self.prog} --help`")
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, *, open_low: bool = False,
+            open_high: bool = False) -> Callable[[str], Any]:
+    """An argparse type: an int or finite float within [low, high] (ends excluded where ``open_*``)."""
+    word = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {word}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if low is not None and (value <= low if open_low else value < low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if open_low else '>='} {low}")
+        if high is not None and (value >= high if open_high else value > high):
+            raise argparse.ArgumentTypeError(f"{text} must be {'<' if open_high else '<='} {high}")
+        return value
+
+    parse.__name__ = word
+    return parse
+
+
+_COUNT = _number(int, 1)
+_SEED = _number(int, 0)
+_FINITE = _number(float)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="udm", description="udm: unified diffusion models (train, sample, evaluate)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    """The ``udm`` argument parser; every option has help text and a checked type and range."""
+    parser = _Parser(prog="udm", description="udm: unified diffusion models (train, sample, evaluate)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,check,list,demo}")
 
     p = sub.add_parser("train", help="train the model a YAML config describes")
-    p.add_argument("config", help="a YAML file, or the name of a bundled config (see `udm list`)")
-    p.add_argument("--out", help="run folder (default runs/NAME)")
+    p.add_argument("config", help="a YAML file, or the bare name of a bundled config (see `udm list`)")
+    p.add_argument("--out", help="run folder (default runs/NAME); one training at a time holds it")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--steps", type=int, help="override train.steps")
-    p.add_argument("--device", help="override train.device (cpu, cuda, cuda:1)")
+    p.add_argument("--steps", type=_COUNT, help="override train.steps (the total, counting steps already trained)")
+    p.add_argument("--device", help="override train.device (cpu, cuda, cuda:1, mps)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. train.lr=1e-3")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -312,23 +390,26 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("checkpoint", help="a checkpoint folder, a checkpoints/ folder or a run folder (latest checkpoint)")
         p.add_argument("--sampler", default=None, help="a sampler (default: the run's sample.sampler, with its sample.options)")
-        p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's sample.steps)")
-        p.add_argument("--n", type=int, default=None, help="how many samples (default: the run's sample.n; eval: sample.eval_n)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--out", help="output folder (sample) or JSON file (eval)")
-        p.add_argument("--device", default=None)
+        p.add_argument("--steps", type=_COUNT, default=None, help="sampler steps (default: the run's sample.steps)")
+        p.add_argument("--n", type=_COUNT, default=None,
+                       help="how many samples (default: the run's sample.n; eval: sample.eval_n, at most the held-out split)")
+        p.add_argument("--seed", type=_SEED, default=0, help="seed of the sampler's noise (same seed, same samples)")
+        p.add_argument("--out", help="output folder (sample; default inside the run) or JSON file (eval; default: print only)")
+        p.add_argument("--device", default=None, help="device to run the model on (cpu, cuda, cuda:1, mps; default cpu)")
         p.add_argument("--raw-weights", action="store_true", help="use the raw weights instead of the EMA")
+        p.add_argument("--grid", default=None, help="time grid (see `udm list`; default: the run's sample.grid)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "eval":
             p.add_argument("--nll", action="store_true", help="negative log-likelihood through the PF-ODE (bits/dim for images)")
             p.add_argument("--divergence", choices=("hutchinson", "exact"), default="hutchinson", help="divergence for --nll")
-            p.add_argument("--probes", type=int, default=1, help="Hutchinson probes per sample for --nll")
-            p.add_argument("--rtol", type=float, default=1e-5, help="RK45 relative (and absolute) tolerance for --nll")
+            p.add_argument("--probes", type=_COUNT, default=1, help="Hutchinson probes per sample for --nll")
+            p.add_argument("--rtol", type=_number(float, 0, 1, open_low=True, open_high=True), default=1e-5,
+                           help="RK45 relative (and absolute) tolerance for --nll, in (0, 1)")
         if name == "sample":
-            p.add_argument("--grid", default=None, help="time grid (see `udm list`; default: the run's sample.grid)")
-            p.add_argument("--class", dest="label", type=int, default=None, help="class label to sample (a class-conditional model)")
-            p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance weight w: (1+w) cond - w uncond")
+            p.add_argument("--class", dest="label", type=_SEED, default=None, help="class label to sample (a class-conditional model)")
+            p.add_argument("--cfg", type=_FINITE, default=None, help="classifier-free guidance weight w: (1+w) cond - w uncond")
             p.add_argument("--classifier", default=None, help="a noise-aware classifier run to guide with (classifier guidance)")
-            p.add_argument("--gamma", type=float, default=None, help="classifier-guidance scale (default 1: the Bayes posterior)")
+            p.add_argument("--gamma", type=_number(float, 0), default=None, help="classifier-guidance scale >= 0 (default 1: the Bayes posterior)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("list", help="list processes, parameterizations, samplers, grids, networks, datasets, configs")
@@ -338,32 +419,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cases", nargs="*", help="check cases (see `udm list`; NAME:KIND for a deliberately wrong drift); default all")
     p.add_argument("--field", action="append", default=[], metavar="MODULE:ATTR",
                    help="a user field with sample(t, n, generator) and drift(t, x); optional g2, density(t, x), t_range")
-    p.add_argument("--n", type=int, default=20000, help="particles per weak-form check")
-    p.add_argument("--times", type=int, default=3, help="times per case, spread over its t_range")
-    p.add_argument("--alpha", type=float, default=0.01, help="familywise false-failure level of each case's weak-form checks")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=_COUNT, default=20000, help="particles per weak-form check")
+    p.add_argument("--times", type=_COUNT, default=3, help="times per case, spread over its t_range")
+    p.add_argument("--alpha", type=_number(float, 0, 1, open_low=True, open_high=True), default=0.01,
+                   help="familywise false-failure level of each case's weak-form checks, in (0, 1)")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of the particles and test functions")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="the main job: train on embedded data, write samples, plots and metrics")
-    p.add_argument("--out", default="out/demo")
+    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     p.add_argument("--quick", action="store_true", help="only the 2-D two-moons model (about a minute)")
     p.add_argument("--process", default=None, help="a small CPU demo of one process instead (see `udm list`: demo processes)")
-    p.add_argument("--steps", type=int, default=None, help="override the training steps of every demo model")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--steps", type=_COUNT, default=None, help="override the training steps of every demo model")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``udm`` and ``python -m udm``; returns the exit status."""
-    from .training.checkpoint import CheckpointError
+    """Entry point of ``udm`` and ``python -m udm``; returns the exit status (docs/errors.md).
 
-    args = build_parser().parse_args(argv)
+    Every user mistake ends here as one line ``udm: error: <what>; <what to do>``
+    (exit 2, or the error's own status); set ``UDM_DEBUG=1`` for the traceback.
+    An error that is none of these is a bug in udm and keeps its traceback.
+    """
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"udm: error: {e}", file=sys.stderr)
-        return 2
+    except TrainingInterrupted as e:
+        print(f"udm: stopped: {e}", file=sys.stderr)
+        return e.exit_code
+    except UdmError as e:
+        return _fail(e, e.exit_code)
+    except (OSError, ValueError) as e:
+        return _fail(e, 2)
     except KeyboardInterrupt:
-        print("udm: interrupted (a training run saved a checkpoint first; continue it with --resume)", file=sys.stderr)
+        print("udm: interrupted; nothing more was written (a training run saves a checkpoint first: continue it with --resume)",
+              file=sys.stderr)
         return 130
+
+
+def _fail(error: BaseException, code: int) -> int:
+    """Print ``error`` as the one ``udm: error:`` line and return ``code``."""
+    if os.environ.get("UDM_DEBUG"):
+        raise error
+    if isinstance(error, OSError) and error.filename is not None:
+        message = f"cannot use {error.filename}: {error.strerror or error}; check the path and its permissions"
+    else:
+        message = " ".join(str(error).split()) or type(error).__name__
+    print(f"udm: error: {message}", file=sys.stderr)
+    return code

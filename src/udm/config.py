@@ -15,6 +15,10 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import re
+import sys
+import types
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "sample_every": 0,
     "init_from": None,
     "cond_dropout": 0.1,
+    "on_nonfinite": "stop",
 }
 
 SAMPLE_DEFAULTS: dict[str, Any] = {"sampler": "dpmpp_2m", "steps": 50, "grid": None, "n": 64, "eval_n": 2000, "options": {}}
@@ -58,10 +63,125 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine"),
     "precision": ("fp32", "bf16"),
     "log_format": ("csv", "jsonl"),
+    "on_nonfinite": ("stop", "skip"),
 }
 _POSITIVE_INT = ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "keep_checkpoints")
 _NONNEG_INT = ("warmup_steps", "sample_every")
 _NONNEG_FLOAT = ("lr", "weight_decay", "min_lr", "adam_eps")
+
+
+class YAMLLoader(yaml.SafeLoader):
+    """YAML as people write numbers: ``1e-3`` and ``1E+4`` are floats (YAML 1.1 reads them as strings)."""
+
+
+YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text with :class:`YAMLLoader` (config files and ``--set`` values)."""
+    return yaml.load(text, Loader=YAMLLoader)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SIMPLE = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null",
+           list: "a list", tuple: "a list", dict: "a mapping"}
+
+
+def _accepts(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` fits the annotation ``hint`` (None when the hint is not one a config can be checked against)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [_accepts(value, h) for h in typing.get_args(hint)]
+        return True if any(verdicts) else (None if None in verdicts else False)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    hint = origin or hint
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if hint in _SIMPLE:
+        return isinstance(value, hint)
+    return None
+
+
+def _describe(hint: Any) -> str:
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return " or ".join(dict.fromkeys(_SIMPLE.get(typing.get_origin(a) or a, getattr(a, "__name__", str(a))) for a in args))
+
+
+def _annotations(factory: Callable[..., Any]) -> dict[str, Any]:
+    """The evaluable type annotations of ``factory``'s parameters (from its signature, so factories that set one count)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    owner = factory if isinstance(factory, type) else inspect.unwrap(factory)
+    namespace = getattr(owner, "__globals__", None) or vars(sys.modules.get(owner.__module__, typing))
+    hints = {}
+    for name, param in params.items():
+        hint = param.annotation
+        if isinstance(hint, str):
+            try:
+                hint = eval(hint, dict(namespace))  # an annotation string of udm's own code, as typing.get_type_hints does
+            except Exception:
+                continue
+        if hint is not inspect.Parameter.empty:
+            hints[name] = hint
+    return hints
+
+
+def check_types(where: str, factory: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    """Refuse an option whose value does not fit the factory's type annotation, or a float option that is not finite.
+
+    A typo such as ``beta_max: abc`` or ``hidden: 1.5`` is reported here, naming
+    the key and the type, instead of failing inside the constructor.
+    """
+    hints = _annotations(factory)
+    for key, value in options.items():
+        hint = hints.get(key)
+        if hint is None:
+            continue
+        if _accepts(value, hint) is False:
+            raise ConfigError(f"config key '{where}.{key}' must be {_describe(hint)}, got {value!r}; fix the value")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{where}.{key}' must be a finite number, got {value!r}; fix the value")
+
+
+def check_device(where: str, spec: Any) -> None:
+    """Refuse a device torch cannot parse or this machine does not have (``cuda`` on a CPU-only build)."""
+    if spec is None:
+        return
+    import torch
+
+    if not isinstance(spec, str):
+        raise ConfigError(f"{where} must be a device name such as cpu, cuda or cuda:1, got {spec!r}")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"{where} is {spec!r}, which is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{where} is {spec!r} but this torch has no CUDA device; use cpu (or install a CUDA build of torch)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{where} is {spec!r} but there are only {torch.cuda.device_count()} CUDA device(s); use cuda:0..")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{where} is {spec!r} but MPS is not available here; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"{where} is {spec!r}; udm runs on cpu, cuda or mps")
 
 
 def signature_options(factory: Callable[..., Any]) -> list[str] | None:
@@ -73,16 +193,16 @@ def signature_options(factory: Callable[..., Any]) -> list[str] | None:
 
 
 def check_options(where: str, kind: str, name: str, factory: Callable[..., Any], options: Mapping[str, Any], extra: tuple[str, ...] = ()) -> None:
-    """Raise ConfigError naming ``where.key`` for each option ``factory`` does not take."""
+    """Raise ConfigError naming ``where.key`` for each option ``factory`` does not take or whose value has the wrong type."""
     allowed = signature_options(factory)
-    if allowed is None:
-        return
-    allowed = [*allowed, *extra]
-    for key in options:
-        if key not in allowed:
-            raise ConfigError(
-                f"config key '{where}.{key}' is not an option of {kind} {name!r}; allowed: {', '.join(sorted(allowed)) or 'none'}"
-            )
+    if allowed is not None:
+        allowed = [*allowed, *extra]
+        for key in options:
+            if key not in allowed:
+                raise ConfigError(
+                    f"config key '{where}.{key}' is not an option of {kind} {name!r}; allowed: {', '.join(sorted(allowed)) or 'none'}"
+                )
+    check_types(where, factory, options)
 
 
 def _named(where: str, section: Any, registry: Registry, default: str | None = None) -> dict[str, Any]:
@@ -178,7 +298,13 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in REQUIRED:
         if key not in config:
             raise ConfigError(f"config key {key!r} is missing; every config needs: {', '.join(REQUIRED)}")
-    out: dict[str, Any] = {"name": str(config.get("name", "experiment"))}
+    name = config.get("name", "experiment")
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"config key 'name' must be a plain folder name (letters, digits, '.', '_', '-'; no '/' or '..'), got {name!r}; "
+            "it names runs/NAME, so choose the folder with --out instead"
+        )
+    out: dict[str, Any] = {"name": name}
     seed = config.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"config key 'seed' must be an integer >= 0, got {seed!r}")
@@ -227,6 +353,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     if "ema" in (config.get("train") or {}):
         train["ema"] = copy.deepcopy(config["train"]["ema"])
     _check_train(train)
+    check_device("config key 'train.device'", train["device"])
     if not objective.generative and train["sample_every"]:
         raise ConfigError(f"config key 'train.sample_every' must be 0 for objective {objective.name!r}: its model draws no samples")
     out["train"] = train
@@ -241,7 +368,7 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
     except ValueError as err:
         raise ConfigError(f"config key 'sample.options': {err}") from None
     for key in ("steps", "n", "eval_n"):
-        if not isinstance(sample[key], int) or sample[key] < 1:
+        if not isinstance(sample[key], int) or isinstance(sample[key], bool) or sample[key] < 1:
             raise ConfigError(f"config key 'sample.{key}' must be an integer >= 1, got {sample[key]!r}")
     out["sample"] = sample
     return out
@@ -258,7 +385,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if not isinstance(raw, dict):

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..denoiser import Denoiser
 from ..losses import Loss
-from ..processes.base import Process
+from ..processes.base import Process, require
 
 #: Every ``loss.*`` config key with its default; an objective reads its own ``keys`` and refuses the rest if changed.
 LOSS_DEFAULTS: dict[str, Any] = {
@@ -56,6 +56,8 @@ class Objective(ABC):
     labels_condition: ClassVar[bool] = True
     #: What the network outputs: ``"x0"`` (a parameterization of x0, or logits over x0's tokens) or ``"y"`` (class logits).
     network_predicts: ClassVar[str] = "x0"
+    #: The capabilities (``udm.processes.base`` protocols) the process must declare, with what to do when it does not.
+    process_needs: ClassVar[tuple[tuple[type, str], ...]] = ()
 
     def __init__(self, prediction: Mapping[str, Any], loss: Mapping[str, Any] | None = None) -> None:
         """Check ``prediction`` ({name, **options}) and ``loss`` (``loss.*`` keys) and build the loss."""
@@ -68,6 +70,11 @@ class Objective(ABC):
                     f"its loss options: {', '.join(self.keys) or 'none'}"
                 )
         self.loss: Loss = self.build_loss()
+
+    def check_process(self, process: Process) -> None:
+        """Refuse (ValueError) a process this objective cannot train on, naming what it lacks and what to do."""
+        for capability, hint in self.process_needs:
+            require(process, capability, f"objective {self.name!r} (prediction {self.prediction['name']!r})", hint)
 
     @classmethod
     def default_for(cls, prediction: str) -> bool:

@@ -78,6 +78,7 @@ class CrossEntropy(Objective):
 
     name = "cross_entropy"
     keys = ("weighting", "time_sampler")
+    process_needs = ((TokenProcess, "use a token process (see `udm list`) or a prediction such as eps, x0 or v"),)
 
     def __init__(self, prediction: Mapping[str, Any], loss: Mapping[str, Any] | None = None) -> None:
         if prediction["name"] != "logits":

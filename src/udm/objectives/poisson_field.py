@@ -48,7 +48,7 @@ class PoissonFieldLoss(DenoisingLoss):
 
     def draw(self, process: Process, x0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """P1's (z, eps) for every row and unit weights."""
-        z, eps = require(process, FieldPerturbation, "the poisson_field loss").perturb(x0, generator)
+        z, eps = require(process, FieldPerturbation, "the poisson_field loss", "use process pfgm").perturb(x0, generator)
         return z, torch.ones_like(z), eps
 
     def rows(self, n: int) -> int:
@@ -71,6 +71,7 @@ class PoissonField(Objective):
 
     name = "poisson_field"
     keys = ("points",)
+    process_needs = ((FieldPerturbation, "use process pfgm (its P1 perturbation)"),)
 
     def __init__(self, prediction: Mapping[str, Any], loss: Mapping[str, Any] | None = None) -> None:
         if prediction["name"] != "pfgm":

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import ConfigError, options, validate
+from ..config import options, validate
+from ..errors import ConfigError, DivergedError
 from ..data import Dataset, load_dataset
 from ..denoiser import PARAMETERIZATIONS
 from ..losses import Loss
@@ -165,6 +166,10 @@ class Experiment:
                   _network_options(process, tuple(train.shape), config["prediction"]["name"]))
         net = _build("network", config["network"], lambda name, **kw: NETWORKS.get(name)(**kw))
         objective = OBJECTIVES.get(config["loss"]["objective"])(config["prediction"], config["loss"])
+        try:
+            objective.check_process(process)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         data = describe_data(train) if train is not None else {}
         exp = cls(config, process, net, objective, data, train, test)
         if train is not None:
@@ -183,6 +188,12 @@ class Experiment:
         exp = cls.from_config(ckpt.config, with_data=False)
         group = "ema" if use_ema and "ema" in ckpt.tensors else "model"
         load_module_state(exp.net, ckpt.tensors[group], group)
+        bad = [name for name, p in exp.net.state_dict().items() if p.is_floating_point() and not bool(p.isfinite().all())]
+        if bad:
+            raise DivergedError(
+                f"checkpoint {ckpt.path} holds non-finite {group} weights ({bad[0]}): its training diverged; "
+                "sample an earlier checkpoint or retrain with a lower train.lr"
+            )
         exp.net.to(device or "cpu").eval()
         exp.data, exp.checkpoint = ckpt.meta["data"], ckpt
         return exp
@@ -218,8 +229,8 @@ def _build(kind: str, section: dict[str, Any], make: Callable[..., Any]) -> Any:
     """``make(name, **options)`` of a config section, a mistake in the options reported as a ConfigError."""
     try:
         return make(section["name"], **options(section))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{kind} {section['name']!r} cannot be built from the config: {e}") from e
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"{kind} {section['name']!r} cannot be built from the config: {e}; fix the values of config section '{kind}'") from e
 
 
 def load_trained(path: str, use_ema: bool = True, device: str | torch.device | None = None) -> tuple[nn.Module, Checkpoint]:
