@@ -216,7 +216,7 @@ def test_unknown_sampler_lists_valid_names(oracle):
 
 def test_unknown_grid_lists_valid_names(oracle):
     den, _ = oracle
-    with pytest.raises(ValueError, match=r"unknown grid 'cosine'.*valid grids: karras, logsnr"):
+    with pytest.raises(ValueError, match=r"unknown grid 'cosine'.*valid grids: .*karras.*logsnr"):
         udm.sample(den, "ddim", steps=5, shape=(4, 2), grid="cosine")
 
 

@@ -17,7 +17,11 @@ GN(h) (1 + scale) + shift, instead of DDPM's additive bias (ADM, Dhariwal &
 Nichol 2021; costs a Linear(emb, 2C) instead of Linear(emb, C) per block, +2.9M
 parameters in the CIFAR-10 configuration); ``resblock_updown`` resamples inside
 residual blocks (ADM / BigGAN); ``skip_rescale`` divides every residual sum by
-sqrt(2) (NCSN++ / DDPM++, Song et al. 2021).
+sqrt(2) (NCSN++ / DDPM++, Song et al. 2021); ``norm_groups`` gives every
+GroupNorm that many groups, as DDPM and diffusers' ``UNet2DModel``
+(``norm_num_groups``) do, instead of :func:`num_groups` of each width (the
+default, which differs from 32 below 128 channels); a UNet with one group
+count is weight-compatible with ``UNet2DModel`` (``udm.interop.export``).
 
 Odd sizes work: a stride-2 conv maps n to ceil(n / 2) and upsampling
 interpolates to the size of the matching skip (28 -> 14 -> 7 -> 4 -> 7 -> 14 -> 28).
@@ -49,9 +53,9 @@ def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> 
     return next(g for g in range(limit, 0, -1) if channels % g == 0)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with :func:`num_groups` groups."""
-    return nn.GroupNorm(num_groups(channels), channels, eps=1e-6)
+def group_norm(channels: int, groups: int | None = None) -> nn.GroupNorm:
+    """GroupNorm (eps 1e-6) with ``groups`` groups, by default :func:`num_groups` of the width."""
+    return nn.GroupNorm(num_groups(channels) if groups is None else groups, channels, eps=1e-6)
 
 
 def _half(n: int) -> int:
@@ -98,6 +102,7 @@ class ResBlock(nn.Module):
         scale_shift: bool = False,
         resample: str | None = None,
         skip_rescale: bool = False,
+        norm_groups: int | None = None,
     ) -> None:
         super().__init__()
         if resample not in (None, "down", "up"):
@@ -105,10 +110,10 @@ class ResBlock(nn.Module):
         self.resample = resample
         self.scale_shift = scale_shift
         self.out_scale = 1 / math.sqrt(2) if skip_rescale else 1.0
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, norm_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_channels * (2 if scale_shift else 1))
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, norm_groups)
         self.drop = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
@@ -145,10 +150,10 @@ class AttentionBlock(nn.Module):
     channels_last tensors; the attention itself is :class:`SelfAttention`.
     """
 
-    def __init__(self, channels: int, num_heads: int, skip_rescale: bool = False) -> None:
+    def __init__(self, channels: int, num_heads: int, skip_rescale: bool = False, norm_groups: int | None = None) -> None:
         super().__init__()
         self.out_scale = 1 / math.sqrt(2) if skip_rescale else 1.0
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_groups)
         self.attn = SelfAttention(channels, num_heads)
         nn.init.zeros_(self.attn.proj.weight)
         nn.init.zeros_(self.attn.proj.bias)
@@ -183,6 +188,7 @@ class UNetEncoder(Network):
         resblock_updown: bool = False,
         skip_rescale: bool = False,
         scale_shift: bool = False,
+        norm_groups: int | None = None,
     ) -> None:
         super().__init__()
         if not channel_mult or num_res_blocks < 1 or channels < 1:
@@ -192,10 +198,18 @@ class UNetEncoder(Network):
             )
         if num_heads is not None and num_heads < 1:
             raise ValueError(f"num_heads must be >= 1 or None, got {num_heads}")
+        if norm_groups is not None and (norm_groups < 1 or any(channels * m % norm_groups for m in channel_mult)):
+            raise ValueError(
+                f"norm_groups must be >= 1 and divide every level width {[channels * m for m in channel_mult]}, got {norm_groups}"
+            )
         self.in_channels = in_channels
         self.image_size = image_size
         self.num_classes = num_classes
-        self._res_options = {"emb_dim": 4 * channels, "dropout": dropout, "scale_shift": scale_shift, "skip_rescale": skip_rescale}
+        self.norm_groups = norm_groups
+        self._res_options = {
+            "emb_dim": 4 * channels, "dropout": dropout, "scale_shift": scale_shift, "skip_rescale": skip_rescale,
+            "norm_groups": norm_groups,
+        }
         self._num_heads, self._head_dim = num_heads, head_dim
         self.cond_embed = ConditionEmbedding(channels, 4 * channels, time_embedding, time_scale, num_classes)
 
@@ -227,7 +241,7 @@ class UNetEncoder(Network):
     def attn(self, ch: int) -> AttentionBlock:
         """Self-attention over ``ch`` channels with ``num_heads`` heads, or heads of about ``head_dim`` features."""
         heads = self._num_heads or max(h for h in range(1, max(1, ch // self._head_dim) + 1) if ch % h == 0)
-        return AttentionBlock(ch, heads, self._res_options["skip_rescale"])
+        return AttentionBlock(ch, heads, self._res_options["skip_rescale"], self.norm_groups)
 
     @staticmethod
     def _run(layers: nn.ModuleList, h: Tensor, emb: Tensor, size: tuple[int, int] | None = None) -> Tensor:
@@ -263,7 +277,9 @@ class UNet(UNetEncoder):
     the number of attention heads; otherwise a layer of C channels uses the
     largest divisor of C that is <= C // head_dim (at least one). Attention
     resolutions that no level reaches are ignored, so the defaults also fit
-    small images. ``out_channels`` defaults to ``in_channels``.
+    small images. ``out_channels`` defaults to ``in_channels``. ``norm_groups``
+    fixes the number of GroupNorm groups everywhere (None: :func:`num_groups`
+    of each width).
     """
 
     def __init__(
@@ -284,10 +300,11 @@ class UNet(UNetEncoder):
         resblock_updown: bool = False,
         skip_rescale: bool = False,
         scale_shift: bool = False,
+        norm_groups: int | None = None,
     ) -> None:
         super().__init__(
             in_channels, image_size, channels, channel_mult, num_res_blocks, attn_resolutions, dropout, num_heads, head_dim,
-            num_classes, time_embedding, time_scale, resblock_updown, skip_rescale, scale_shift,
+            num_classes, time_embedding, time_scale, resblock_updown, skip_rescale, scale_shift, norm_groups,
         )
         self.out_channels = out_channels or in_channels
         skip_channels = list(self.skip_channels)
@@ -303,7 +320,7 @@ class UNet(UNetEncoder):
                     layers.append(self.res(ch, ch, "up") if resblock_updown else Upsample(ch))
                 self.up.append(nn.ModuleList(layers))
 
-        self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(ch, self.out_channels, 3, padding=1))
+        self.out = nn.Sequential(group_norm(ch, norm_groups), nn.SiLU(), nn.Conv2d(ch, self.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 

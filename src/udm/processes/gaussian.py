@@ -14,7 +14,9 @@ Time is continuous. Discrete DDPM is :class:`DDPMSchedule` on the integer grid
 t = 0..N of the DDPM paper: ``alpha_t^2 = alphas_cumprod[t - 1]`` for t >= 1
 (diffusers' timestep k is our t = k + 1) and t = 0 is the clean data.
 Between integers log(alpha_t^2) is linear, so the continuous-time drift
--beta(t)/2 equals the per-step log(1 - beta_k)/2 of the discrete chain.
+-beta(t)/2 equals the per-step log(1 - beta_k)/2 of the discrete chain. A
+table ending at alphas_cumprod = 0 (zero terminal SNR, Lin et al. 2024) has
+alpha_t^2 itself linear on its last segment, where the logarithm cannot reach 0.
 """
 
 from __future__ import annotations
@@ -135,7 +137,9 @@ class DDPMSchedule(VPSchedule):
 
     ``alphas_cumprod`` equals the DDPM paper's (and diffusers' DDPMScheduler's,
     there indexed k = t - 1). Pass ``alphas_cumprod=`` to use an exact table
-    from elsewhere (e.g. a pretrained model's).
+    from elsewhere (e.g. a pretrained model's). Its last entry may be 0 (zero
+    terminal SNR, diffusers' ``rescale_betas_zero_snr``): then alpha_N = 0,
+    sigma_N = 1, and on (N - 1, N] alpha_t^2 is linear in t instead of its log.
     """
 
     name = "ddpm"
@@ -156,8 +160,8 @@ class DDPMSchedule(VPSchedule):
             self.alphas_cumprod = torch.cumprod(1.0 - self.betas, 0)
         else:
             ac = torch.as_tensor(np.asarray(alphas_cumprod, dtype=np.float64))
-            if ac.ndim != 1 or not ((ac[1:] < ac[:-1]).all() and ac[0] < 1 and ac[-1] > 0):
-                raise ValueError("alphas_cumprod must be a 1-D strictly decreasing sequence in (0, 1)")
+            if ac.ndim != 1 or not ((ac[1:] < ac[:-1]).all() and ac[0] < 1 and ac[-1] >= 0 and (ac.numel() > 1 or ac[0] > 0)):
+                raise ValueError("alphas_cumprod must be a 1-D strictly decreasing sequence in (0, 1) (its last entry may be 0)")
             self.alphas_cumprod = ac
             self.betas = 1.0 - ac / torch.cat([ac.new_ones(1), ac[:-1]])
             beta_schedule = "custom"
@@ -166,6 +170,8 @@ class DDPMSchedule(VPSchedule):
         self.t_max = float(self.num_train_steps)
         self.t_eps = 1.0
         self._lab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(self.alphas_cumprod)])
+        #: True when alphas_cumprod ends at 0: the last segment is linear in alpha_t^2 (class docstring)
+        self.zero_terminal = bool(self.alphas_cumprod[-1] == 0)
         self._beta_start, self._beta_end = beta_start, beta_end
 
     def _segment(self, t: Tensor) -> tuple[Tensor, Tensor]:
@@ -174,21 +180,39 @@ class DDPMSchedule(VPSchedule):
         k = torch.clamp(torch.floor(t), 0, self.num_train_steps - 1).long()
         return k, lab
 
+    def _on_zero_tail(self, k: Tensor) -> Tensor:
+        """True where segment k is the last one of a table ending at alpha_bar = 0."""
+        return (k == self.num_train_steps - 1) & self.zero_terminal
+
+    def _log_slope(self, k: Tensor, lab: Tensor) -> Tensor:
+        """lab[k + 1] - lab[k], kept finite (0) on a zero-terminal tail, which the callers replace."""
+        return torch.where(self._on_zero_tail(k), torch.zeros_like(lab[k]), lab[k + 1] - lab[k])
+
     def log_alpha_bar(self, t: Tensor) -> Tensor:
         t = _t64(t)
         k, lab = self._segment(t)
-        return lab[k] + (t - k) * (lab[k + 1] - lab[k])
+        w = t - k
+        log_linear = lab[k] + w * self._log_slope(k, lab)
+        if not self.zero_terminal:
+            return log_linear
+        return torch.where(self._on_zero_tail(k), lab[k] + torch.log1p(-w.clamp(max=1.0)), log_linear)
 
     def dlog_alpha_bar(self, t: Tensor) -> Tensor:
+        t = _t64(t)
         k, lab = self._segment(t)
-        return lab[k + 1] - lab[k]
+        if not self.zero_terminal:
+            return lab[k + 1] - lab[k]
+        return torch.where(self._on_zero_tail(k), -1.0 / (1.0 - (t - k)), self._log_slope(k, lab))
 
     def t_from_log_alpha_bar(self, v: Tensor) -> Tensor:
         v = _t64(v)
         lab = self._lab.to(v.device)
         # lab is decreasing; search on its negation (increasing)
         k = torch.clamp(torch.searchsorted(-lab, -v.contiguous(), right=True) - 1, 0, self.num_train_steps - 1)
-        t = k + (v - lab[k]) / (lab[k + 1] - lab[k])
+        slope = self._log_slope(k, lab)
+        t = k + (v - lab[k]) / torch.where(slope == 0, torch.ones_like(slope), slope)
+        if self.zero_terminal:
+            t = torch.where(self._on_zero_tail(k), k - torch.expm1(v - lab[k]), t)
         return torch.clamp(t, 0.0, self.t_max)
 
     def config(self) -> dict:

@@ -8,12 +8,18 @@ data, as k-diffusion and EDM append sigma = 0. The registry ``GRIDS`` names
 them; an explicit grid is any decreasing tensor passed as ``times=``. Noise
 levels are those of :mod:`udm.samplers.coordinates`, which also says where
 they are finite.
+
+``leading``, ``trailing`` and ``linspace`` are diffusers' ``timestep_spacing``
+(as in its DDIM and DDPM schedulers; Lin et al. 2024, Table 2) for a process on
+the integer times 0..N (discrete DDPM, whose time t is diffusers' timestep + 1):
+they pick ``steps`` of the integer times 1..N, then the clean end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from ..processes.base import LinearPath, Process, require
@@ -94,6 +100,51 @@ def logsnr(process: Process, steps: int, *, t_start: float | None = None, t_end:
     """Uniform in log-SNR from t_start to t_end, then clean (DPM-Solver's "logSNR" spacing)."""
     p = require(process, LinearPath, "the 'logsnr' grid (it spaces times by noise level)")
     return _level_grid(p, steps, t_start, t_end, p.log_snr, p.t_from_log_snr, "logsnr")
+
+
+def _integer_steps(process: Process, name: str, steps: int) -> int:
+    """N for a process on the integer times 0..N with N >= steps; the diffusers spacings are defined only there."""
+    n = float(process.t_max)
+    if process.t_min != 0 or n != round(n) or not 1 <= steps <= n:
+        raise ValueError(
+            f"the {name!r} grid picks {steps} of the integer times 1..N of a discrete-time process (diffusers' "
+            f"timestep_spacing), but process {process.name!r} has t in [{process.t_min:g}, {n:g}]: use 'uniform', "
+            "'karras' or 'logsnr'"
+        )
+    return int(n)
+
+
+def _from_timesteps(process: Process, timesteps: np.ndarray) -> Tensor:
+    """udm times t = k + 1 for diffusers' (decreasing) integer timesteps k, then the clean end."""
+    return _with_clean_end(process, torch.from_numpy(np.asarray(timesteps, dtype=np.float64) + 1.0))
+
+
+@GRIDS.register("leading")
+def leading(process: Process, steps: int, *, offset: int = 0) -> Tensor:
+    """t = 1 + offset + j (N // steps) for j = steps - 1..0, then clean: DDIM's uniform skip (diffusers' "leading").
+
+    ``offset`` is diffusers' ``steps_offset`` (1 in Stable Diffusion's configs). The
+    first time is below N unless steps divides N and offset = N // steps - 1.
+    """
+    n = _integer_steps(process, "leading", steps)
+    return _from_timesteps(process, (np.arange(0, steps) * (n // steps)).round()[::-1] + offset)
+
+
+@GRIDS.register("trailing")
+def trailing(process: Process, steps: int) -> Tensor:
+    """t = round(N - j N / steps) for j = 0..steps - 1, then clean: starts at t = N (diffusers' "trailing").
+
+    With steps dividing N this is the ``uniform`` grid; otherwise its times are rounded to integers.
+    """
+    n = _integer_steps(process, "trailing", steps)
+    return _from_timesteps(process, np.round(np.arange(n, 0, -n / steps)) - 1.0)
+
+
+@GRIDS.register("linspace")
+def linspace(process: Process, steps: int) -> Tensor:
+    """t = 1 + round(k) for k = linspace(0, N - 1, steps) in reverse, then clean (diffusers' DDIM/DDPM "linspace")."""
+    n = _integer_steps(process, "linspace", steps)
+    return _from_timesteps(process, np.linspace(0, n - 1, steps).round()[::-1])
 
 
 def get_grid(name: str, process: Process, steps: int, **options) -> Tensor:
