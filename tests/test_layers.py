@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("udm.config",)),
     ("outputs", ("udm.viz", "udm.evaluate")),
     ("training", ("udm.training",)),
+    ("interop and sources", ("udm.interop", "udm.sources")),
     ("applications", ("udm.demo", "udm.cli", "udm.__main__")),
     ("package face", ("udm",)),
 ]

@@ -22,6 +22,10 @@ class CheckpointError(UdmError, ValueError):
     """A checkpoint is missing, truncated, tampered with, or does not fit the model."""
 
 
+class InteropError(UdmError, ValueError):
+    """A foreign model or file (diffusers folder, scheduler config, pickle) cannot be read or has no udm equivalent."""
+
+
 class RunLockedError(UdmError):
     """Another live process holds the run folder."""
 
