@@ -1,4 +1,4 @@
-"""The ``udm`` command: train, sample, eval, check, list, demo (``python -m udm`` is the same).
+"""The ``udm`` command: train, sample, eval, export, check, list, demo (``python -m udm`` is the same).
 
 Every user error (a bad config key, a missing file, a damaged checkpoint, data
 the network cannot take) ends in one line ``udm: error: ...`` on stderr and
@@ -93,29 +93,45 @@ def _load(args: argparse.Namespace, path: str | None = None):
     return Experiment.from_run(path or args.checkpoint, use_ema=not args.raw_weights, device=args.device)
 
 
-def _note_ema(exp, args: argparse.Namespace) -> None:
-    """Say so on stderr when the EMA weights about to be used are still dominated by their initialization."""
-    from .training import ema_note_from_meta
+def _source(args: argparse.Namespace):
+    """The model of ``sample``/``eval``: the positional udm run, or the foreign folder of ``--from`` (udm.sources)."""
+    from . import sources
 
-    note = None if args.raw_weights or "ema" not in exp.checkpoint.tensors else ema_note_from_meta(exp.checkpoint.meta)
-    if note:
-        print(f"udm: note: {note}", file=sys.stderr)
+    check_device("--device", args.device)
+    if (args.checkpoint is None) == (args.source is None):
+        raise ConfigError("give a udm run (CHECKPOINT) or a foreign model folder (--from PATH), exactly one of them")
+    if args.source is None:
+        for flag, value in (("--scheduler", args.scheduler), ("--trust-pickle", args.trust_pickle), ("--data", getattr(args, "data", None))):
+            if value:
+                raise ConfigError(f"{flag} applies to a foreign model (--from PATH); a udm run knows its own process and data")
+        return sources.from_run(args.checkpoint, use_ema=not args.raw_weights, device=args.device)
+    if args.raw_weights:
+        raise ConfigError("--raw-weights chooses between a udm run's EMA and raw weights; a foreign folder holds one set")
+    return sources.from_folder(args.source, data=getattr(args, "data", None), scheduler=args.scheduler,
+                               trust_pickle=args.trust_pickle, device=args.device)
 
 
-def _require_generative(exp, path: str) -> None:
-    if not exp.objective.generative:
-        guide = f"; guide a model with it: udm sample MODEL --classifier {path}" if exp.objective.network_predicts == "y" else ""
-        raise ConfigError(f"{path} is a {exp.objective.run_kind} run: it draws no samples{guide}")
+def _note(src) -> None:
+    """Show the source's remark (e.g. EMA weights still dominated by their initialization) on stderr."""
+    if src.note:
+        print(f"udm: note: {src.note}", file=sys.stderr)
 
 
-def _sampling(exp, args: argparse.Namespace) -> tuple[str, int, dict, Any]:
-    """(sampler, steps, options, grid): the flags where given, else the run's ``sample`` section.
+def _require_generative(src) -> None:
+    if not src.generative:
+        guide = f"; guide a model with it: udm sample MODEL --classifier {src.name}" if src.run_kind == "classifier" else ""
+        raise ConfigError(f"{src.name} is a {src.run_kind} run: it draws no samples{guide}")
 
-    The section's options apply to its own sampler only.
+
+def _sampling(src, args: argparse.Namespace) -> tuple[str, int, dict, Any]:
+    """(sampler, steps, options, grid): the flags where given, else the source's defaults (a run's ``sample`` section).
+
+    The default options apply to the default sampler only, the default grid
+    (a foreign model's own scheduler grid) to the default sampler's steps.
     """
     from .samplers import GRIDS, SAMPLERS
 
-    sc = exp.config["sample"]
+    sc = src.sample
     sampler = args.sampler if args.sampler is not None else sc["sampler"]
     steps = args.steps if args.steps is not None else sc["steps"]
     grid = args.grid or sc["grid"]
@@ -125,7 +141,7 @@ def _sampling(exp, args: argparse.Namespace) -> tuple[str, int, dict, Any]:
     return sampler, steps, dict(sc["options"] or {}) if sampler == sc["sampler"] else {}, grid
 
 
-def _conditioned(exp, args: argparse.Namespace, n: int):
+def _conditioned(src, args: argparse.Namespace, n: int):
     """The model and labels for ``--class K``, guided by ``--cfg W`` or ``--classifier RUN --gamma G`` (THEORY §2.2).
 
     ``--cfg`` is classifier-free guidance (G4) of a model trained with label
@@ -136,7 +152,7 @@ def _conditioned(exp, args: argparse.Namespace, n: int):
 
     from .guidance import ClassifierFreeGuidance, ClassifierGuidance
 
-    model = exp.model()
+    model = src.model
     if args.cfg is not None and args.classifier is not None:
         raise ConfigError("--cfg and --classifier are two kinds of guidance: choose one")
     if args.gamma is not None and args.classifier is None:
@@ -147,30 +163,30 @@ def _conditioned(exp, args: argparse.Namespace, n: int):
         return model, None
     cond = torch.full((n,), args.label, dtype=torch.long)
     if args.classifier is not None:
-        classifier = _guiding_classifier(exp, args)
+        classifier = _guiding_classifier(src, args)
         if not 0 <= args.label < classifier.num_classes:
             raise ConfigError(f"--class {args.label} is outside the classifier's label set 0..{classifier.num_classes - 1}")
         return ClassifierGuidance(model, classifier, 1.0 if args.gamma is None else args.gamma), cond
-    classes = exp.net.num_classes
+    classes = src.num_classes
     if classes is None:
-        raise ConfigError("--class needs a class-conditional model (network.num_classes) or --classifier; this checkpoint's network has none")
+        raise ConfigError("--class needs a class-conditional model (network.num_classes) or --classifier; this model has none")
     if not 0 <= args.label < classes:
         raise ConfigError(f"--class {args.label} is outside the model's label set 0..{classes - 1}")
     return (model if args.cfg is None else ClassifierFreeGuidance(model, args.cfg)), cond
 
 
-def _guiding_classifier(exp, args: argparse.Namespace):
+def _guiding_classifier(src, args: argparse.Namespace):
     """The noise-aware classifier of ``--classifier``, checked against the model it guides (data shape and process)."""
     guide = _load(args, args.classifier)
     if guide.objective.network_predicts != "y":
         raise ConfigError(f"--classifier {args.classifier} is not a classifier run (train one with loss.objective: classification)")
-    if guide.shape != exp.shape:
+    if guide.shape != src.shape:
         raise ConfigError(
-            f"the classifier takes inputs of shape {guide.shape} but the model generates shape {exp.shape}: train it on the model's data"
+            f"the classifier takes inputs of shape {guide.shape} but the model generates shape {src.shape}: train it on the model's data"
         )
-    if guide.config["process"] != exp.config["process"]:
+    if guide.config["process"] != src.process_config:
         raise ConfigError(
-            f"the classifier was trained on process {guide.config['process']} but the model uses {exp.config['process']}: "
+            f"the classifier was trained on process {guide.config['process']} but the model uses {src.process_config}: "
             "a noise-aware classifier reads the noisy states of one process"
         )
     return guide.model().eval()
@@ -182,18 +198,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_writable(args.out, "--out", folder=True)
-    exp = _load(args)
-    _require_generative(exp, args.checkpoint)
-    sampler, steps, options, grid = _sampling(exp, args)
-    n = args.n if args.n is not None else exp.config["sample"]["n"]
-    model, cond = _conditioned(exp, args, n)
-    ckpt = exp.checkpoint
-    out = check_writable(args.out or ckpt.run_dir / f"samples_step{ckpt.step}_{sampler}_{steps}", "--out", folder=True)
-    _note_ema(exp, args)
-    x, nfe = draw_samples(model, exp.shape, n, sampler, steps, seed=args.seed, grid=grid, cond=cond, device=args.device,
+    src = _source(args)
+    _require_generative(src)
+    sampler, steps, options, grid = _sampling(src, args)
+    n = args.n if args.n is not None else src.sample["n"]
+    model, cond = _conditioned(src, args, n)
+    out = check_writable(args.out or f"{src.default_out}_{sampler}_{steps}", "--out", folder=True)
+    _note(src)
+    x, nfe = draw_samples(model, src.shape, n, sampler, steps, seed=args.seed, grid=grid, cond=cond, device=args.device,
                           progress=not args.quiet, **options)
-    meta = {"checkpoint": str(ckpt.path), "sampler": sampler, "steps": str(steps), "nfe": str(nfe), "seed": str(args.seed)}
-    for path in save_samples(x, out / "samples", exp.data, meta=meta):
+    meta = {**{k: str(v) for k, v in src.provenance.items()}, "sampler": sampler, "steps": str(steps), "nfe": str(nfe),
+            "seed": str(args.seed)}
+    for path in save_samples(x, out / "samples", src.data, meta=meta):
         print(path)
     return 0
 
@@ -248,31 +264,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_writable(args.out, "--out", folder=False)
-    exp = _load(args)
-    train, test = exp.splits()
-    n = args.n if args.n is not None else min(exp.config["sample"]["eval_n"] if not args.nll else 256, len(test))
+    src = _source(args)
+    train, test = src.splits()
+    n = args.n if args.n is not None else min(src.sample["eval_n"] if not args.nll else 256, len(test))
     if n > len(test):
-        raise ConfigError(f"--n {n} is more than the {len(test)} held-out samples of {exp.data['name']!r}; use --n {len(test)} or fewer")
-    metrics = {"checkpoint": str(exp.checkpoint.path), "step": exp.checkpoint.step}
-    model = exp.model()
-    if not exp.objective.generative:
+        raise ConfigError(f"--n {n} is more than the {len(test)} held-out samples of {test.name!r}; use --n {len(test)} or fewer")
+    metrics = dict(src.provenance)
+    model = src.model
+    if not src.generative:
         if args.nll:
-            raise ConfigError(f"--nll needs a generative model; {args.checkpoint} is a {exp.objective.run_kind} run")
-        _note_ema(exp, args)
+            raise ConfigError(f"--nll needs a generative model; {src.name} is a {src.run_kind} run")
+        _note(src)
         metrics.update(n=n, **_classifier_metrics(model, test, n, args.seed))
     elif args.nll:
-        _note_ema(exp, args)
+        _note(src)
         metrics.update(_nll_metrics(model, test, n, args))
     else:
-        sampler, steps, options, grid = _sampling(exp, args)
-        _note_ema(exp, args)
-        x, nfe = draw_samples(model, exp.shape, n, sampler, steps, seed=args.seed, grid=grid, device=args.device,
+        sampler, steps, options, grid = _sampling(src, args)
+        _note(src)
+        x, nfe = draw_samples(model, src.shape, n, sampler, steps, seed=args.seed, grid=grid, device=args.device,
                               progress=not args.quiet, **options)
         metrics.update(sampler=sampler, steps=steps, nfe=nfe, **sample_metrics(x, test, train, model=model, progress=not args.quiet))
     text = json.dumps(metrics, indent=1)
     print(text)
     if args.out:
         write_atomic(Path(args.out), text.encode())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a udm run as a folder the target library loads with no udm installed (docs/interop.md)."""
+    from .interop import EXPORTERS
+
+    print(EXPORTERS.get(args.to)(args.checkpoint, args.out, use_ema=not args.raw_weights, scheduler=args.scheduler,
+                                 time_embedding=args.time_embedding))
     return 0
 
 
@@ -374,7 +399,7 @@ _FINITE = _number(float)
 def build_parser() -> argparse.ArgumentParser:
     """The ``udm`` argument parser; every option has help text and a checked type and range."""
     parser = _Parser(prog="udm", description="udm: unified diffusion models (train, sample, evaluate)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,check,list,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,export,check,list,demo}")
 
     p = sub.add_parser("train", help="train the model a YAML config describes")
     p.add_argument("config", help="a YAML file, or the bare name of a bundled config (see `udm list`)")
@@ -388,7 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, helptext in (("sample", cmd_sample, "draw samples from a checkpoint"), ("eval", cmd_eval, "score a checkpoint against held-out data")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("checkpoint", help="a checkpoint folder, a checkpoints/ folder or a run folder (latest checkpoint)")
+        p.add_argument("checkpoint", nargs="?", help="a checkpoint folder, a checkpoints/ folder or a run folder (latest checkpoint)")
+        p.add_argument("--from", dest="source", metavar="PATH", default=None,
+                       help="a foreign model folder instead of a udm run (diffusers model or pipeline folder; docs/interop.md)")
+        p.add_argument("--scheduler", metavar="PATH", default=None,
+                       help="with --from: the scheduler_config.json (or its folder) saying which process the model was trained on")
+        p.add_argument("--trust-pickle", action="store_true",
+                       help="with --from: allow pickled weights (.bin/.pt/.pkl), which can run code when loaded; safetensors need no trust")
         p.add_argument("--sampler", default=None, help="a sampler (default: the run's sample.sampler, with its sample.options)")
         p.add_argument("--steps", type=_COUNT, default=None, help="sampler steps (default: the run's sample.steps)")
         p.add_argument("--n", type=_COUNT, default=None,
@@ -400,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--grid", default=None, help="time grid (see `udm list`; default: the run's sample.grid)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "eval":
+            p.add_argument("--data", default=None, help="with --from: the dataset to score against (see `udm list`; same sample shape)")
             p.add_argument("--nll", action="store_true", help="negative log-likelihood through the PF-ODE (bits/dim for images)")
             p.add_argument("--divergence", choices=("hutchinson", "exact"), default="hutchinson", help="divergence for --nll")
             p.add_argument("--probes", type=_COUNT, default=1, help="Hutchinson probes per sample for --nll")
@@ -411,6 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--classifier", default=None, help="a noise-aware classifier run to guide with (classifier guidance)")
             p.add_argument("--gamma", type=_number(float, 0), default=None, help="classifier-guidance scale >= 0 (default 1: the Bayes posterior)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("export", help="write a udm run as a folder another library loads (diffusers)")
+    p.add_argument("checkpoint", help="a checkpoint folder, a checkpoints/ folder or a run folder (latest checkpoint)")
+    p.add_argument("--to", choices=("diffusers",), required=True, help="the target format")
+    p.add_argument("out", help="the folder to write (must not exist, or be empty)")
+    p.add_argument("--raw-weights", action="store_true", help="export the raw weights instead of the EMA")
+    p.add_argument("--scheduler", choices=("ddim", "ddpm"), default="ddim", help="the pipeline and scheduler written (default ddim)")
+    p.add_argument("--time-embedding", choices=("learned", "positional"), default="learned",
+                   help="learned: a table of udm's embedding per timestep, exact, integer timesteps only (default); "
+                        "positional: diffusers' sinusoid with the shift folded in, also fractional timesteps (Karras sigmas)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("list", help="list processes, parameterizations, samplers, grids, networks, datasets, configs")
     p.set_defaults(func=cmd_list)

@@ -58,7 +58,7 @@ def draw_samples(
     steps: int,
     *,
     seed: int = 0,
-    grid: str | None = None,
+    grid: str | Callable[[int], Tensor] | None = None,
     cond: Tensor | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
     device: torch.device | str | None = None,
@@ -68,8 +68,12 @@ def draw_samples(
 ) -> tuple[Tensor, int]:
     """``n`` samples (CPU) and the NFE per sample; sample i uses seed ``seed + i`` whatever the batching.
 
-    ``progress`` shows a bar over the samples (and the sampler step within a batch) on stderr.
+    ``grid`` is a ``GRIDS`` name or ``steps -> times`` (e.g. a foreign model's own
+    scheduler grid, :mod:`udm.interop`). ``progress`` shows a bar over the samples
+    (and the sampler step within a batch) on stderr.
     """
+    times = grid(steps) if callable(grid) else None
+    grid = None if callable(grid) else grid
     out, nfe = [], 0
     with _bar(progress, n, f"sampling ({sampler}, {steps} steps)", "sample") as bar:
 
@@ -82,7 +86,7 @@ def draw_samples(
             hi = min(n, lo + batch_size)
             with torch.no_grad():
                 x, info = sample(
-                    denoiser, sampler, steps, shape=(hi - lo, *shape), seeds=range(seed + lo, seed + hi), grid=grid,
+                    denoiser, sampler, steps, shape=(hi - lo, *shape), seeds=range(seed + lo, seed + hi), grid=grid, times=times,
                     cond=None if cond is None else cond[lo:hi], callback=step if progress else callback, device=device,
                     return_info=True, **options,
                 )
