@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("udm.errors", "udm._version", "udm.registry", "udm.rng", "udm.numerics", "udm.atomic")),
     ("processes", ("udm.processes",)),
     ("models and data", ("udm.denoiser", "udm.kernels", "udm.nets", "udm.data", "udm.metrics")),
-    ("algorithms", ("udm.samplers", "udm.losses", "udm.classifier", "udm.guidance", "udm.likelihood", "udm.theory")),
+    ("algorithms", ("udm.samplers", "udm.losses", "udm.classifier", "udm.guidance", "udm.conditioning", "udm.likelihood", "udm.theory")),
     ("objectives and checks", ("udm.objectives", "udm.checks")),
     ("config", ("udm.config",)),
     ("outputs", ("udm.viz", "udm.evaluate")),

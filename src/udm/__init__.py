@@ -8,6 +8,7 @@ that estimate (the Sampler). The public API:
 * :mod:`udm.kernels`: the reverse kernels K0, K1, K2 for any process;
 * :class:`udm.Denoiser` and :func:`udm.convert`: parameterizations (eps, x0, v, score, velocity, edm);
 * :func:`udm.sample` with ``udm.SAMPLERS`` and ``udm.GRIDS``;
+* :mod:`udm.guidance` and :mod:`udm.conditioning`: guidance; inpainting, SDEdit and posterior sampling;
 * :mod:`udm.theory`: exact references (Gaussian mixtures, point masses);
 * :mod:`udm.metrics`: distances between samples;
 * :mod:`udm.nets`, :mod:`udm.objectives` (with :mod:`udm.losses`), :mod:`udm.data`,
@@ -16,7 +17,7 @@ that estimate (the Sampler). The public API:
 """
 
 from ._version import __version__
-from . import data, guidance, kernels, losses, metrics, nets, objectives, processes, rng, theory, training
+from . import conditioning, data, guidance, kernels, losses, metrics, nets, objectives, processes, rng, theory, training
 from .denoiser import PARAMETERIZATIONS, Denoiser, Parameterization, convert, from_x0, to_x0
 from .processes import NOISES, PROCESSES, GaussianProcess, LinearProcess, NotInvertible, Process, get_noise, get_process
 from .samplers import GRIDS, SAMPLERS, get_grid, sample
@@ -40,6 +41,7 @@ __all__ = [
     "get_grid",
     "get_noise",
     "get_process",
+    "conditioning",
     "data",
     "guidance",
     "kernels",

@@ -24,6 +24,11 @@ the sampler's generator: for discrete processes F_t^{-1} is a conditional law
 (which positions were corrupted is visible, their order is not), so the
 recovered noise is a draw from it.
 
+Conditioning on observed data y (inpainting, :mod:`udm.conditioning`) asks
+one more hook, ``observe(y, t)``: the observed part as it looks at time t,
+F_t(y, eps) with fresh eps ~ q by default; token processes keep observed
+tokens as they are (infill).
+
 Three more hooks, with defaults, are all the assembly layer (``udm.training``)
 asks of a process: ``fit(x, seed=...)`` (options learned from the training
 data), ``bind(net)`` (the process to use with a given network) and
@@ -32,7 +37,7 @@ data), ``bind(net)`` (the process to use with a given network) and
 What only some processes can do is declared as a capability, a
 ``typing.Protocol`` below (:class:`LinearPath`, :class:`GaussianPath`,
 :class:`TokenProcess`, :class:`ELBOWeighted`, :class:`FieldPerturbation`,
-:class:`KernelDensity`); code that needs one calls :func:`require` once,
+:class:`KernelDensity`, :class:`ForwardTransition`); code that needs one calls :func:`require` once,
 which returns the process or raises one clear error.
 
 Time conventions, shared by all processes: ``t_min`` is the clean-data end
@@ -133,6 +138,15 @@ class Process(ABC):
         """What a sampler returns after its last step: the final state x_0 by default."""
         return x
 
+    def observe(self, y: torch.Tensor, t: float | torch.Tensor, *, generator: rng.GeneratorLike = None) -> torch.Tensor:
+        """Observed data ``y`` (a batch) as it looks at time t: F_t(y, eps) with fresh eps ~ q, a state.
+
+        What replacement inpainting writes into the observed coordinates after
+        every reverse step (:mod:`udm.conditioning`); at the clean end it is y itself.
+        """
+        eps = self.sample_noise(self.state_shape(y.shape), generator, dtype=y.dtype, device=y.device)
+        return self.corrupt(y, t, eps)
+
     def state_shape(self, data_shape: Sequence[int]) -> tuple[int, ...]:
         """The shape of x_t for a batch of data of shape ``data_shape`` (the same unless the process encodes)."""
         return tuple(data_shape)
@@ -214,6 +228,10 @@ class TokenProcessBase(Process):
     def network_options(self) -> dict[str, Any]:
         """The network embeds ``input_vocab_size`` ids."""
         return {"vocab_size": self.input_vocab_size}
+
+    def observe(self, y: torch.Tensor, t: float | torch.Tensor, *, generator: rng.GeneratorLike = None) -> torch.Tensor:
+        """Observed tokens stay as they are at every time (infill): conditioning keeps them fixed."""
+        return y
 
 
 # --- declared capabilities ----------------------------------------------------------------------
@@ -303,6 +321,20 @@ class KernelDensity(Protocol):
     def log_kernel(self, x_t: torch.Tensor, x0: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class ForwardTransition(Protocol):
+    """A Markov forward process: ``transition(x_s, s, t)`` draws x_t ~ q(x_t | x_s) for s < t (RePaint's jump back up).
+
+    Its marginals must be F_t's: x_s ~ p_s gives x_t ~ p_t.
+    """
+
+    name: str
+
+    def transition(
+        self, x_s: torch.Tensor, s: float | torch.Tensor, t: float | torch.Tensor, *, generator: rng.GeneratorLike = None
+    ) -> torch.Tensor: ...
+
+
 #: What each capability's error says is missing: ``{what}`` needed it, ``{name}`` is the process.
 REQUIREMENTS: dict[type, str] = {
     LinearPath: "{what} needs a linear process (x_t = alpha x0 + sigma eps), got {name!r}",
@@ -311,6 +343,7 @@ REQUIREMENTS: dict[type, str] = {
     ELBOWeighted: "{what} needs a process with an ELBO weight (elbo_weight(t), e.g. 'mask'), got process {name!r}",
     FieldPerturbation: "{what} needs PFGM's perturbation (process 'pfgm'), got process {name!r}",
     KernelDensity: "{what} needs a process with an exact transition density (log_kernel), got process {name!r}",
+    ForwardTransition: "{what} needs a Markov forward transition q(x_t | x_s) (e.g. a Gaussian process), got process {name!r}",
 }
 
 C = TypeVar("C")

@@ -617,3 +617,14 @@ class GaussianProcess(LinearProcess):
         mean = c_xt.to(x_t.dtype) * x_t + c_x0.to(x_t.dtype) * x0
         return mean, var.to(x_t.dtype)
 
+    def transition(self, x_s: Tensor, s: float | Tensor, t: float | Tensor, *, generator: rng.GeneratorLike = None) -> Tensor:
+        """x_t ~ q(x_t | x_s) for s < t: x_t = alpha_{t|s} x_s + sigma_{t|s} eps (THEORY §4.1; the forward SDE's transition).
+
+        alpha_{t|s} = alpha_t/alpha_s and sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2, so
+        x_s ~ p_s gives x_t ~ p_t; from the clean end (s = t_min) it is F_t(x_s, eps).
+        """
+        ss, tt = time_tensor(s, x_s), time_tensor(t, x_s)
+        a_ts = self.alpha(tt) / self.alpha(ss)
+        var = (self.sigma(tt) ** 2 - a_ts**2 * self.sigma(ss) ** 2).clamp_min(0.0)
+        return a_ts.to(x_s.dtype) * x_s + var.sqrt().to(x_s.dtype) * rng.randn_like(x_s, generator)
+

@@ -15,7 +15,7 @@ import torch
 from .. import rng
 from ..kernels import KERNELS
 from ..processes.base import GaussianPath, Process, require
-from .common import GAUSSIAN_HINT, Callback, DenoiseFn, alpha_sigma, report
+from .common import GAUSSIAN_HINT, Callback, DenoiseFn, Project, alpha_sigma, report
 
 Tensor = torch.Tensor
 _ZERO = torch.zeros((), dtype=torch.float64)
@@ -31,6 +31,7 @@ def udm(
     mix: float | Callable[[float, float], float] = 0.0,
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """U2 for any process: x0_hat from D(x_t, t), then x_s ~ kernel(x_t, x0_hat) with K0, K1 or K2.
 
@@ -49,7 +50,7 @@ def udm(
         x0 = process.estimate_x0(denoiser(x, t), x, t, generator=gen)
         r = mix(t, s) if callable(mix) else mix
         x = step(process, x, x0, t, s, mix=r, generator=gen)
-        report(callback, i, t, s, x, x0)
+        x = report(callback, i, t, s, x, x0, project)
     return process.finish(x, x0)
 
 
@@ -81,6 +82,7 @@ def ddim(
     eta: float = 0.0,
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """DDIM(eta) (Song et al. 2021) = K2 with mix = eta * posterior std / sigma_s (THEORY §4.1)."""
     p = require(process, GaussianPath, "sampler 'ddim'", GAUSSIAN_HINT)
@@ -91,7 +93,7 @@ def ddim(
         s_s = float(p.sigma(s))
         return min(eta * _posterior_var(p, t, s) ** 0.5 / s_s, 1.0) if s_s > 0 else 0.0
 
-    return udm(denoiser, p, x, times, kernel="K2", mix=r, generator=generator, callback=callback)
+    return udm(denoiser, p, x, times, kernel="K2", mix=r, generator=generator, callback=callback, project=project)
 
 
 def ddpm(
@@ -103,6 +105,7 @@ def ddpm(
     variance: str = "small",
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020): x_s = mean[q(x_s | x_t, x0_hat)] + std z.
 
@@ -125,5 +128,5 @@ def ddpm(
             x = mean + var**0.5 * rng.randn_like(x, gen)
         else:
             x = mean
-        report(callback, i, t, s, x, x0)
+        x = report(callback, i, t, s, x, x0, project)
     return x

@@ -5,6 +5,13 @@ binds the condition and counts evaluations), the process, the start ``x`` and
 a grid ``times`` (float64, CPU). Step coefficients are Python floats computed
 in float64 from the grid, so nothing in the loop moves tensors between devices.
 
+Every step ends in :func:`report`, which applies the optional per-step
+projection ``project(x_s, s) -> x_s`` (conditioning on observed data,
+:mod:`udm.conditioning`: ``udm.sample`` binds its generator) and hands the
+state to the callback; a sampler continues from what it returns. Without a
+projection it returns ``x`` itself, so an unconditional run is unchanged bit
+for bit.
+
 A sampler that needs more than the :class:`~udm.processes.base.Process`
 protocol says so once, with ``require(process, LinearPath, f"sampler {name!r}", LINEAR_HINT)``
 (:func:`udm.processes.base.require`): deterministic samplers only integrate
@@ -25,6 +32,8 @@ from ..processes.base import LinearPath
 Tensor = torch.Tensor
 DenoiseFn = Callable[[Tensor, float], Tensor]
 Callback = Callable[[dict[str, Any]], None] | None
+#: The per-step projection a sampler applies to each new state x_s (generator bound by ``udm.sample``).
+Project = Callable[[Tensor, float], Tensor] | None
 
 #: What to use instead when a sampler needs a linear process.
 LINEAR_HINT = "use the generic 'udm' kernel sampler"
@@ -37,7 +46,16 @@ def alpha_sigma(process: LinearPath, t: float) -> tuple[float, float]:
     return float(process.alpha(t)), float(process.sigma(t))
 
 
-def report(callback: Callback, i: int, t: float, s: float, x: Tensor, x0_hat: Tensor | None) -> None:
-    """Send one step's state to the user's callback (trajectories, progress bars)."""
+def report(
+    callback: Callback, i: int, t: float, s: float, x: Tensor, x0_hat: Tensor | None, project: Project = None
+) -> Tensor:
+    """End step i (t -> s): project x_s if a projection is given, send the state to the callback, return it.
+
+    Samplers continue from the returned state (``x = report(...)``); it is
+    ``x`` itself when ``project`` is None.
+    """
+    if project is not None:
+        x = project(x, s)
     if callback is not None:
         callback({"i": i, "t": t, "s": s, "x": x, "x0_hat": x0_hat})
+    return x

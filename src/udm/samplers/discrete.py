@@ -16,7 +16,7 @@ from .. import rng
 from ..processes.base import Process
 from ..processes.discrete import key_ranks, sample_categorical
 from ..processes.mask import MaskProcess
-from .common import Callback, DenoiseFn, report
+from .common import Callback, DenoiseFn, Project, report
 
 Tensor = torch.Tensor
 
@@ -30,6 +30,7 @@ def mask_confidence(
     temperature: float = 1.0,
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """Fill masked positions in order of confidence (MaskGIT) on the mask process (THEORY §4.4).
 
@@ -69,5 +70,5 @@ def mask_confidence(
         keep = torch.round(n_t * (m_s / m_t)) if m_t > 0 else torch.zeros_like(n_t)
         stay = masked & (key_ranks(confidence) < keep)
         x = torch.where(stay, torch.full_like(x, process.mask_id), x0)
-        report(callback, i, t, s, x, x0)
+        x = report(callback, i, t, s, x, x0, project)
     return x

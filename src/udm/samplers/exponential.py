@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from ..processes.base import LinearPath, require
-from .common import LINEAR_HINT, Callback, DenoiseFn, alpha_sigma, report
+from .common import LINEAR_HINT, Callback, DenoiseFn, Project, alpha_sigma, report
 from .coordinates import ODEView, finite_level, half_log_snr
 
 Tensor = torch.Tensor
@@ -95,6 +95,7 @@ def dpmpp_2m(
     lower_order_final: bool = True,
     final_order: int = 1,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """DPM-Solver++(2M): second-order multistep in lambda, data prediction (Lu et al. 2022, Alg. 2).
 
@@ -104,7 +105,7 @@ def dpmpp_2m(
     diffusers when there are fewer than 15 steps, the last step are first order.
     """
     p = require(process, LinearPath, "sampler 'dpmpp_2m'", LINEAR_HINT)
-    return _dpmpp_multistep(denoiser, p, x, times, 2, lower_order_final, final_order, False, callback)
+    return _dpmpp_multistep(denoiser, p, x, times, 2, lower_order_final, final_order, False, callback, project)
 
 
 def dpmpp_3m(
@@ -117,6 +118,7 @@ def dpmpp_3m(
     final_order: int = 1,
     diffusers_compat: bool = False,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """DPM-Solver++(3M): third-order multistep in lambda, data prediction (Lu et al. 2022).
 
@@ -138,7 +140,7 @@ def dpmpp_3m(
     last two steps are orders 1 and 2 (diffusers' schedule).
     """
     p = require(process, LinearPath, "sampler 'dpmpp_3m'", LINEAR_HINT)
-    return _dpmpp_multistep(denoiser, p, x, times, 3, lower_order_final, final_order, diffusers_compat, callback)
+    return _dpmpp_multistep(denoiser, p, x, times, 3, lower_order_final, final_order, diffusers_compat, callback, project)
 
 
 def _dpmpp_multistep(
@@ -151,6 +153,7 @@ def _dpmpp_multistep(
     final_order: int,
     diffusers_compat: bool,
     callback: Callback,
+    project: Project,
 ) -> Tensor:
     """The DPM-Solver++ multistep loop up to ``max_order`` (2 or 3; formulas in :func:`dpmpp_3m`).
 
@@ -165,7 +168,7 @@ def _dpmpp_multistep(
         a_s, s_s = alpha_sigma(p, s)
         if s_s == 0.0:
             x = _final_step(p, x, hist, a_s, final_order)
-            report(callback, i, t, s, x, hist[-1].x0)
+            x = report(callback, i, t, s, x, hist[-1].x0, project)
             continue
         order = _usable(p, hist, max_order)
         if lower_order_final and n < 15:
@@ -187,7 +190,7 @@ def _dpmpp_multistep(
                 c2 = 0.5 - (h - phi) / (h * h)
                 update = update + (1 - phi / h) * d1 + (c2 if diffusers_compat else 2.0 * c2) * d2
         x = (s_s / m0.sigma) * x + a_s * update
-        report(callback, i, t, s, x, m0.x0)
+        x = report(callback, i, t, s, x, m0.x0, project)
     return x
 
 
@@ -252,6 +255,7 @@ def unipc(
     lower_order_final: bool = True,
     final_order: int = 1,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """UniPC-p (Zhao et al. 2023): multistep predictor UniP-p plus corrector UniC-p, data prediction.
 
@@ -292,5 +296,5 @@ def unipc(
             k = min(min(order, n - i) if lower_order_final else order, _usable(p, hist, order))
             x_prev, prev_order = x, k
             x = _unipc_update(x, ev, hist[-k:-1][::-1], a_s, s_s, half_log_snr(p, s), variant, None)
-        report(callback, i, t, s, x, ev.x0)
+        x = report(callback, i, t, s, x, ev.x0, project)
     return x

@@ -23,7 +23,7 @@ import torch
 
 from .. import rng
 from ..processes.base import LinearPath, require
-from .common import LINEAR_HINT, Callback, DenoiseFn, alpha_sigma, report
+from .common import LINEAR_HINT, Callback, DenoiseFn, Project, alpha_sigma, report
 from .coordinates import ODEView
 
 Tensor = torch.Tensor
@@ -37,6 +37,7 @@ def euler(
     *,
     variable: str | None = None,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """Euler's method on the PF-ODE (first order); in the sigma variable it equals DDIM(eta=0)."""
     view = ODEView.default(require(process, LinearPath, "sampler 'euler'", LINEAR_HINT), times, variable)
@@ -49,7 +50,7 @@ def euler(
             x = a_s * x0 + s_s * view.derivative(x0, x, t)
         else:
             x = view.from_state(view.step(view.to_state(x, t), view.derivative(x0, x, t), x0, t, s), s)
-        report(callback, i, t, s, x, x0)
+        x = report(callback, i, t, s, x, x0, project)
     return x
 
 
@@ -66,6 +67,7 @@ def heun(
     churn_noise: float = 1.0,
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """Heun's second-order method (Karras et al. 2022, Algorithm 2), with optional stochastic churn.
 
@@ -97,7 +99,7 @@ def heun(
             d2 = view.derivative(denoiser(x_next, s), x_next, s)
             y_next = y + (u_s - u_t) * 0.5 * (d + d2)
         x = view.from_state(y_next, s)
-        report(callback, i, t, s, x, x0)
+        x = report(callback, i, t, s, x, x0, project)
     return x
 
 
@@ -112,6 +114,7 @@ def rk45(
     method: str = "dopri5",
     variable: str | None = None,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """Adaptive Runge-Kutta (Dormand-Prince 5(4) via torchdiffeq) on the PF-ODE (THEORY §5.2, O2).
 
@@ -119,6 +122,8 @@ def rk45(
     returning the state at every grid time (for the callback); a final step
     into clean data is the Euler/Tweedie step x0_hat. The number of network
     evaluations is counted by :func:`udm.sample` (``return_info=True``).
+    With a projection (:mod:`udm.conditioning`) the state changes at every
+    grid time, so each grid interval is a solve of its own.
     """
     from torchdiffeq import odeint
 
@@ -135,15 +140,23 @@ def rk45(
         xt = view.from_state(y, t)
         return view.derivative(denoiser(xt, t), xt, t)
 
-    if len(positive) >= 2:
-        grid_u = torch.tensor([view.u(t) for t in positive], dtype=torch.float64)
-        ys = odeint(field, view.to_state(x, positive[0]), grid_u.to(x.device), rtol=rtol, atol=atol, method=method)
+    def solve(x: Tensor, grid: list[float]) -> Tensor:
+        """The states at the times ``grid`` (the first is x's), one adaptive solve."""
+        grid_u = torch.tensor([view.u(t) for t in grid], dtype=torch.float64)
+        return odeint(field, view.to_state(x, grid[0]), grid_u.to(x.device), rtol=rtol, atol=atol, method=method)
+
+    if len(positive) >= 2 and project is None:
+        ys = solve(x, positive)
         for i in range(1, len(positive)):
             report(callback, i - 1, positive[i - 1], positive[i], view.from_state(ys[i], positive[i]), None)
         x = view.from_state(ys[-1], positive[-1])
+    elif len(positive) >= 2:
+        for i in range(1, len(positive)):
+            y = solve(x, positive[i - 1 : i + 1])[-1]
+            x = report(callback, i - 1, positive[i - 1], positive[i], view.from_state(y, positive[i]), None, project)
     if last < len(ts):
         t = positive[-1]
         x0 = denoiser(x, t)
         x = view.from_state(view.step(view.to_state(x, t), view.derivative(x0, x, t), x0, t, ts[-1]), ts[-1])
-        report(callback, len(ts) - 2, t, ts[-1], x, x0)
+        x = report(callback, len(ts) - 2, t, ts[-1], x, x0, project)
     return x

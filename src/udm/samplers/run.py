@@ -3,18 +3,22 @@
 Each sampler is ``fn(denoiser, process, x_T, times, **options) -> x_0`` with
 no state between calls and no I/O. :func:`sample` builds the grid and the
 start, binds the condition, counts and checks the denoiser's evaluations and
-checks the options against the sampler's signature.
+checks the options against the sampler's signature. A per-step projection
+(``project=``, conditioning on observed data: :mod:`udm.conditioning`) reaches
+the sampler with the run's generator bound.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from .. import rng
+from ..errors import ConfigError
 from ..kernels import refuse_sigma_tilde
 from ..processes.base import Process
 from ..registry import Registry
@@ -33,12 +37,51 @@ for _fn in (
     SAMPLERS.register(_fn.__name__, _fn)
 
 
+#: Keyword arguments a sampler receives from :func:`sample` itself, never as user options.
+_PLUMBING = ("callback", "generator", "project")
+
+
+class Projection(Protocol):
+    """A per-step projection: the state x_t after a step to time t, mapped with the run's generator (:mod:`udm.conditioning`)."""
+
+    def __call__(self, x: Tensor, t: float, *, generator: rng.GeneratorLike = None) -> Tensor: ...
+
+
 def process_of(denoiser: Callable[..., Tensor], process: Process | None) -> Process:
     """``process`` if given, else the one a :class:`~udm.Denoiser` carries."""
     process = process if process is not None else getattr(denoiser, "process", None)
     if process is None:
         raise ValueError("no process: pass a udm.Denoiser or process=")
     return process
+
+
+def resolve_grid(
+    process: Process,
+    steps: int | None,
+    times: Tensor | Sequence[float] | None,
+    grid: str | None = None,
+    grid_options: dict | None = None,
+) -> Tensor:
+    """The time grid of a run: the explicit ``times`` (validated), or ``steps`` steps of ``grid`` (default the process's)."""
+    if times is not None:
+        grid_times = process.check_times(torch.as_tensor(times, dtype=torch.float64).cpu())
+        if steps is not None and steps != len(grid_times) - 1:
+            raise ValueError(f"steps={steps} disagrees with the explicit grid of {len(grid_times) - 1} steps; give one of them")
+        return grid_times
+    if steps is None:
+        raise ValueError("give steps (the number of sampler steps, >= 1) or an explicit times grid")
+    return get_grid(grid or process.default_grid_name, process, steps, **(grid_options or {}))
+
+
+def resolve_generator(
+    seeds: Sequence[int] | None, generator: rng.GeneratorLike
+) -> torch.Generator | list[torch.Generator] | None:
+    """The run's generator: one per seed (``seeds``), or ``generator`` normalized."""
+    if seeds is not None:
+        if generator is not None:
+            raise ValueError("give seeds or generator, not both")
+        generator = rng.generators_from_seeds(seeds)
+    return rng.as_generator(generator)
 
 
 class _Tracked:
@@ -83,6 +126,7 @@ def sample(
     generator: rng.GeneratorLike = None,
     cond: Any = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    project: Projection | None = None,
     check_finite: bool = True,
     return_info: bool = False,
     dtype: torch.dtype = torch.float32,
@@ -97,25 +141,16 @@ def sample(
     * ``x_T``: the start; if None it is drawn from the prior for data of batch shape ``shape``.
     * ``seeds``: one seed per sample; sample i's x_T and noise come from its own
       generator, so it does not change with batch size or device.
+    * ``project``: applied to the state after every step, with this run's
+      generator (:mod:`udm.conditioning`: inpainting by replacement).
     * ``options`` go to the sampler (e.g. ``eta`` for ddim, ``churn`` for heun).
 
     Returns x_0, or ``(x_0, info)`` with ``info = {"nfe", "times"}`` when ``return_info``.
     """
     fn = SAMPLERS.get(sampler)
     process = process_of(denoiser, process)
-    if times is not None:
-        grid_times = process.check_times(torch.as_tensor(times, dtype=torch.float64).cpu())
-        if steps is not None and steps != len(grid_times) - 1:
-            raise ValueError(f"steps={steps} disagrees with the explicit grid of {len(grid_times) - 1} steps; give one of them")
-    else:
-        if steps is None:
-            raise ValueError("give steps (the number of sampler steps, >= 1) or an explicit times grid")
-        grid_times = get_grid(grid or process.default_grid_name, process, steps, **(grid_options or {}))
-    if seeds is not None:
-        if generator is not None:
-            raise ValueError("give seeds or generator, not both")
-        generator = rng.generators_from_seeds(seeds)
-    gen = rng.as_generator(generator)
+    grid_times = resolve_grid(process, steps, times, grid, grid_options)
+    gen = resolve_generator(seeds, generator)
     if x_T is None:
         if shape is None:
             raise ValueError("give x_T, or shape (the full batch shape) to draw it from the prior")
@@ -124,7 +159,10 @@ def sample(
             raise ValueError(f"got {len(seeds)} seeds for a batch of {shape[0]}; give one seed per sample")
         x_T = process.prior(process.state_shape(shape), gen, dtype=dtype, device=device)
     tracked = _Tracked(denoiser, process, cond, grid_times, check_finite)
-    x0 = fn(tracked, process, x_T, grid_times, callback=callback, **_sampler_options(sampler, fn, gen, options))
+    kwargs = _sampler_options(sampler, fn, gen, options)
+    if project is not None:
+        kwargs["project"] = _projection(sampler, fn, project, gen)
+    x0 = fn(tracked, process, x_T, grid_times, callback=callback, **kwargs)
     return (x0, {"nfe": tracked.nfe, "times": grid_times}) if return_info else x0
 
 
@@ -133,7 +171,9 @@ def check_sampler_options(name: str, options: Mapping[str, Any]) -> None:
     fn = SAMPLERS.get(name)
     refuse_sigma_tilde(options, f"sampler {name!r}")
     params = inspect.signature(fn).parameters
-    valid = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in ("callback", "generator"))
+    valid = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in _PLUMBING)
+    if "project" in options:
+        raise ValueError(f"sampler {name!r}: a projection is not an option; pass project= to udm.sample")
     unknown = sorted(set(options) - set(valid))
     if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         raise ValueError(f"sampler {name!r} has no option {unknown[0]!r}; its options: {', '.join(valid) or 'none'}")
@@ -145,3 +185,11 @@ def _sampler_options(name: str, fn: Callable[..., Tensor], gen: Any, options: di
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     return {**options, "generator": gen} if "generator" in params or takes_any else options
+
+
+def _projection(name: str, fn: Callable[..., Tensor], project: Projection, gen: Any) -> Callable[[Tensor, float], Tensor]:
+    """``project`` with the run's generator bound, for a sampler that applies projections (a ``project`` parameter)."""
+    params = inspect.signature(fn).parameters
+    if "project" not in params and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        raise ConfigError(f"sampler {name!r} takes no per-step projection (it has no 'project' parameter); use one that does")
+    return functools.partial(project, generator=gen)

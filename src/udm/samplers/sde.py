@@ -20,7 +20,7 @@ import torch
 from .. import rng
 from ..denoiser import from_x0
 from ..processes.base import GaussianPath, require
-from .common import GAUSSIAN_HINT, Callback, DenoiseFn, alpha_sigma, report
+from .common import GAUSSIAN_HINT, Callback, DenoiseFn, Project, alpha_sigma, report
 
 Tensor = torch.Tensor
 
@@ -60,6 +60,7 @@ def euler_maruyama(
     diffusion: str | float | Callable[[float], float] = "sde",
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """Euler-Maruyama on the reverse-SDE family of THEORY §2.1 with free sigma_r(t) (``diffusion``)."""
     p = require(process, GaussianPath, "sampler 'euler_maruyama'", GAUSSIAN_HINT)
@@ -71,7 +72,7 @@ def euler_maruyama(
             x = x0
         else:
             x = _em_step(p, x, x0, t, s, _diffusion(diffusion, float(p.sde(t)[1]) if p.alpha(t) > 0 else 0.0, t), gen)
-        report(callback, i, t, s, x, x0)
+        x = report(callback, i, t, s, x, x0, project)
     return x
 
 
@@ -86,6 +87,7 @@ def pc(
     per_sample_norms: bool = False,
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
+    project: Project = None,
 ) -> Tensor:
     """Predictor-corrector (Song et al. 2021, Alg. 2-3): Langevin corrector at t, then a reverse-SDE step.
 
@@ -116,5 +118,5 @@ def pc(
             x = x + e * score + torch.sqrt(2 * e) * z
         x0 = denoiser(x, t)
         x = x0 if s_s == 0.0 else _em_step(p, x, x0, t, s, float(p.sde(t)[1]), gen)
-        report(callback, i, t, s, x, x0)
+        x = report(callback, i, t, s, x, x0, project)
     return x

@@ -5,7 +5,9 @@ p_0 = sum_k pi_k N(m_k, S_k) pushed through x_t = a x0 + b eps (a = alpha_t, b =
 * marginal   p_t = sum_k pi_k N(a m_k, C_k),  C_k = a^2 S_k + b^2 I;
 * score      grad log p_t = sum_k r_k(x) [-C_k^{-1} (x - a m_k)],  r_k = p_t(y = k | x);
 * posterior  p(x0 | x_t) = sum_k r_k N(m_k + a S_k C_k^{-1} (x - a m_k),  S_k - a^2 S_k C_k^{-1} S_k);
-* ideal eps* = -b grad log p_t, x0* = E[x0 | x_t], velocity* = alpha' x0* + sigma' eps*.
+* ideal eps* = -b grad log p_t, x0* = E[x0 | x_t], velocity* = alpha' x0* + sigma' eps*;
+* observation  y = A x0 + sigma_y n gives p(x0 | y), again a Gaussian mixture
+  (:meth:`GaussianMixture.condition`, the oracle of :mod:`udm.conditioning`).
 
 Each S_k is diagonalized once (S_k = U_k diag(l_k) U_k^T), so every quantity at
 any (x, t), with per-sample t, costs O(n K d^2) and needs no matrix inversion.
@@ -158,6 +160,36 @@ class GaussianMixture:
         xi = rng.randn((n, self.dim), gen, dtype=torch.float64, device=x.device)
         coord = a * lam / c * z + torch.sqrt(lam * b * b / c) * xi
         return p["m"][k] + torch.einsum("nij,nj->ni", U, coord)
+
+    # --- conditioning on a linear observation ---------------------------------------------------
+    def condition(self, A: Tensor | Sequence, y: Tensor | Sequence[float], sigma_y: float = 0.0) -> GaussianMixture:
+        """p(x0 | y) for y = A x0 + sigma_y n, n ~ N(0, I): a Gaussian mixture (THEORY §10.1, §2.1).
+
+        Per component, with G_k = A S_k A^T + sigma_y^2 I and K_k = S_k A^T G_k^{-1}:
+        weight ∝ pi_k N(y; A m_k, G_k), mean m_k + K_k (y - A m_k), covariance
+        S_k - K_k A S_k (the Gaussian conditioning formulas). ``A`` is (m, d); a
+        coordinate mask is the selection A = I[mask]. sigma_y = 0 (an exact
+        observation) is allowed where every G_k is invertible; the covariances
+        are then singular along the observed directions.
+        """
+        a = torch.as_tensor(A, dtype=torch.float64)
+        obs = torch.as_tensor(y, dtype=torch.float64).reshape(-1)
+        if a.ndim != 2 or a.shape[1] != self.dim or obs.shape != (a.shape[0],):
+            raise ValueError(f"A must be (m, {self.dim}) and y (m,); got A {tuple(a.shape)} and y {tuple(obs.shape)}")
+        if not sigma_y >= 0:
+            raise ValueError(f"sigma_y must be >= 0, got {sigma_y!r}")
+        sa = self.covs @ a.T  # S_k A^T, (K, d, m)
+        g = a @ sa + sigma_y**2 * torch.eye(a.shape[0], dtype=torch.float64)  # (K, m, m)
+        residual = obs - self.means @ a.T  # y - A m_k, (K, m)
+        chol, info = torch.linalg.cholesky_ex(g)
+        if bool(info.any()):
+            raise ValueError("A S_k A^T + sigma_y^2 I is singular for some component; give sigma_y > 0 or a full-rank A")
+        solved = torch.cholesky_solve(residual.unsqueeze(-1), chol).squeeze(-1)  # G_k^{-1} (y - A m_k)
+        log_det = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        log_w = torch.log(self.weights) - 0.5 * (residual * solved).sum(-1) - 0.5 * log_det
+        means = self.means + (sa @ solved.unsqueeze(-1)).squeeze(-1)
+        covs = self.covs - sa @ torch.cholesky_solve(sa.transpose(1, 2), chol)
+        return GaussianMixture(torch.softmax(log_w, 0), means, covs)
 
     # --- ideal network outputs ------------------------------------------------------------------
     def predict(self, x: Tensor, t: float | Tensor, process: GaussianProcess, kind: str = "x0", *, y: Tensor | int | None = None) -> Tensor:
