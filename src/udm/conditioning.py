@@ -18,7 +18,29 @@ the denoiser, so every process and every sampler gets them:
   :func:`udm.samplers.common.report`, which applies it and returns the new state.
   The noise comes from the run's generator, so seeds stay reproducible. At the
   clean end F_0(y, eps) = y, so a continuous process returns y exactly in the
-  observed coordinates (hard mask).
+  observed coordinates (hard mask; a cold process with a constant sigma > 0
+  has F_0(y, eps) = y + sigma eps, its samples' own noise). The start x_T is
+  projected too (``udm.sample``), so the first denoiser call sees y. Where
+  F_t mixes coordinates (blur, pooling) the observed coordinates of F_t(y, eps)
+  depend on data near the mask that is not observed: the step's x0_hat stands
+  in for it (y's own entries at the start, before there is one).
+
+  *Tokens.* On the mask process the projected state is a genuine state: the
+  observed tokens are visible, the rest masked or revealed. It can hold fewer
+  masks than the grid time allows (the ``count`` schedule: t *is* the number
+  of masks; t = 1 on a continuous schedule: all masked), so samplers evaluate
+  the denoiser at ``Process.state_time``, the time the state shows; the mask
+  posterior depends on the visible tokens only, so infill is then exactly as
+  exact as unconditional sampling (tests/test_conditioning_tokens.py: the
+  exact conditional to chi-square level for K1 and K0 with an exact draw of
+  x0, and K1 one position per step with exact marginals). On the count
+  schedule a state with k masks at grid time t > k reveals nothing until the
+  grid passes k (K1 keeps min(k, s) of them). MaskGIT's confidence order is
+  not exact, with or without y. The edit process is biased: its denoiser
+  cannot be told that the observed tokens are clean, so it explains them as
+  possibly replaced (exact only where observed and hidden tokens are
+  independent). A process that diffuses an encoding (the encoder model,
+  THEORY §4.5) has no observed coordinates in its states and is refused.
 
   Replacement is not exact Bayes. The unobserved part is updated with the joint
   model's x0_hat(x_t), which conditions on the *noisy* observed part
@@ -91,6 +113,11 @@ class Replacement:
     def __init__(self, process: Process, y: Tensor, mask: Tensor) -> None:
         y, mask = torch.as_tensor(y), torch.as_tensor(mask)
         self.shape = process.state_shape(y.shape)
+        if self.shape != tuple(y.shape):
+            raise ConfigError(
+                f"process {process.name!r} diffuses an encoding of shape {self.shape} of data of shape {tuple(y.shape)}, "
+                "so observed data are not coordinates of its states: replacement (inpainting, infill) is not available for it"
+            )
         try:
             broadcast = torch.broadcast_shapes(mask.shape, self.shape)
         except RuntimeError:
@@ -106,13 +133,27 @@ class Replacement:
                 raise ConfigError("a soft mask must lie in [0, 1] (1 = observed)")
         self.process, self.y, self.mask = process, y, mask
 
-    def __call__(self, x: Tensor, t: float, *, generator: rng.GeneratorLike = None) -> Tensor:
-        """The state x_t with its observed part replaced by the observation at time t."""
+    def __call__(
+        self, x: Tensor, t: float, *, generator: rng.GeneratorLike = None, x0_hat: Tensor | None = None
+    ) -> Tensor:
+        """The state x_t with its observed part replaced by the observation at time t.
+
+        ``x0_hat`` (the sampler's clean estimate, when it has one of the state's
+        shape) fills y's unobserved entries before ``observe``: a degradation
+        that mixes coordinates (blur, pooling) makes the observed coordinates of
+        F_t(y, eps) depend on unobserved data near the mask, and the current
+        estimate is what the sampler knows of them (y itself wherever a soft
+        mask is above 0). Without it (the start) y's own unobserved entries
+        stand in. A coordinate-wise F_t (Gaussian paths, fade, tokens) gives the
+        same result either way.
+        """
         if self.shape != x.shape:
             raise ConfigError(f"the observation y has shape {tuple(self.shape)} but the samples have shape {tuple(x.shape)}")
         y = self.y.to(device=x.device, dtype=x.dtype) if x.is_floating_point() else self.y.to(x.device)
-        obs = self.process.observe(y, t, generator=generator)
         mask = self.mask.to(x.device)
+        if x0_hat is not None and x0_hat.shape == x.shape:
+            y = torch.where(mask if mask.dtype == torch.bool else mask > 0, y, x0_hat.to(y.dtype))
+        obs = self.process.observe(y, t, generator=generator)
         if mask.dtype == torch.bool:
             return torch.where(mask, obs, x)
         m = mask.to(x.dtype)
@@ -196,6 +237,14 @@ def inpaint(
     return (x, {"nfe": nfe, "times": grid_times}) if return_info else x
 
 
+def steps_skipped(steps: int, strength: float) -> float:
+    """How far into a grid of ``steps`` steps SDEdit starts: (1 - strength) steps, snapped to a grid point within rounding."""
+    p = (1.0 - float(strength)) * steps
+    if abs(p - round(p)) < 1e-9 * max(steps, 1):  # (1 - 0.8) * 100 = 19.999...: the grid time, not a sliver above it
+        p = float(round(p))
+    return p
+
+
 def start_times(times: Tensor, strength: float, process: Process) -> Tensor:
     """The part of the grid ``times`` that SDEdit runs at ``strength`` in (0, 1] (THEORY §3.1: F_t0 is the start).
 
@@ -208,7 +257,7 @@ def start_times(times: Tensor, strength: float, process: Process) -> Tensor:
     if not (isinstance(strength, (int, float)) and 0.0 < float(strength) <= 1.0):
         raise ConfigError(f"strength must lie in (0, 1] (1 = start from the prior), got {strength!r}")
     n = len(times) - 1
-    p = (1.0 - float(strength)) * n
+    p = steps_skipped(n, strength)
     k = math.floor(p)
     if process.integer_times or p == k:
         return times[k:]
@@ -331,6 +380,7 @@ class PosteriorGuidance(EnergyGuidance):
         if data_variance is not None and self.matrix is None:
             raise ConfigError("data_variance needs A A^T: give the operator as an (m, d) matrix")
         self.y, self.sigma_y, self.data_variance = torch.as_tensor(y, dtype=torch.float64), float(sigma_y), data_variance
+        self._eig: tuple[Tensor, Tensor] | None = None
 
     def _log_likelihood(self, x: Tensor, t: float | Tensor, cond: object) -> Tensor:
         residual = (self.y.to(x.device) - self.apply(self.denoiser(x, t)).to(torch.float64)).flatten(1)
@@ -338,8 +388,10 @@ class PosteriorGuidance(EnergyGuidance):
             return -0.5 * residual.pow(2).sum(1) / self.sigma_y**2
         st2 = self.process.sigma_tilde(time_tensor(t).reshape(-1, 1, 1)).to(x.device) ** 2
         r2 = self.data_variance * st2 / (self.data_variance + st2)
-        a = self.matrix.to(x.device)
-        eye = torch.eye(a.shape[0], dtype=torch.float64, device=x.device)
-        cov = self.sigma_y**2 * eye + r2 * (a @ a.T)
-        solved = torch.linalg.solve(cov.expand(residual.shape[0], -1, -1), residual.unsqueeze(-1)).squeeze(-1)
-        return -0.5 * (residual * solved).sum(1)
+        # Sigma = sigma_y^2 I + r_t^2 A A^T = Q diag(sigma_y^2 + r_t^2 lam) Q^T with A A^T = Q diag(lam) Q^T, decomposed
+        # once: no factorization per step (a batched LU solve also hangs multi-threaded MKL builds of torch 2.13).
+        if self._eig is None:
+            self._eig = torch.linalg.eigh(self.matrix @ self.matrix.T)
+        lam, q = (v.to(x.device) for v in self._eig)
+        coords = residual @ q
+        return -0.5 * (coords.pow(2) / (self.sigma_y**2 + r2.reshape(-1, 1) * lam)).sum(1)

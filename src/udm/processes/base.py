@@ -27,7 +27,10 @@ recovered noise is a draw from it.
 Conditioning on observed data y (inpainting, :mod:`udm.conditioning`) asks
 one more hook, ``observe(y, t)``: the observed part as it looks at time t,
 F_t(y, eps) with fresh eps ~ q by default; token processes keep observed
-tokens as they are (infill).
+tokens as they are (infill). A projected state can then be one that F_t never
+produces (a mask state on the ``count`` schedule holds fewer than t masks), so
+the denoiser is evaluated at ``state_time(x_t, t)``: t by default, the time the
+state itself shows where a process can read it off the state.
 
 Three more hooks, with defaults, are all the assembly layer (``udm.training``)
 asks of a process: ``fit(x, seed=...)`` (options learned from the training
@@ -146,6 +149,16 @@ class Process(ABC):
         """
         eps = self.sample_noise(self.state_shape(y.shape), generator, dtype=y.dtype, device=y.device)
         return self.corrupt(y, t, eps)
+
+    def state_time(self, x_t: torch.Tensor, t: float) -> float | torch.Tensor:
+        """The time at which the denoiser sees the state ``x_t`` that a sampler reached at grid time t: t by default.
+
+        Samplers evaluate the denoiser at this time (``udm.sample``). It differs
+        from t only where the state shows its own time and a projection
+        (:mod:`udm.conditioning`) has moved it off the grid: then a per-sample
+        float64 tensor of shape (B,).
+        """
+        return t
 
     def state_shape(self, data_shape: Sequence[int]) -> tuple[int, ...]:
         """The shape of x_t for a batch of data of shape ``data_shape`` (the same unless the process encodes)."""

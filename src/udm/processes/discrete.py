@@ -187,6 +187,16 @@ class DiscreteProcess(TokenProcessBase):
         # 1 - cos(pi t / 2) = 2 sin^2(pi t / 4), accurate near 0 and exactly 1 at t = 1
         return torch.where(tt >= 1.0, torch.ones_like(tt), 2.0 * torch.sin(math.pi * tt.clamp(0.0, 1.0) / 4.0) ** 2)
 
+    def rate_inverse(self, m: float | Tensor) -> Tensor:
+        """The time t with m(t) = m, for m in [0, 1] (count: m seq_len, not rounded)."""
+        mm = torch.as_tensor(m, dtype=torch.float64).clamp(0.0, 1.0)
+        if self.schedule == "count":
+            return mm * self.seq_len
+        if self.schedule == "linear":
+            return mm
+        # inverts m = 2 sin^2(pi t / 4), accurate near 0 like rate()
+        return (4.0 / math.pi) * torch.asin(torch.sqrt(mm / 2.0))
+
     def rate_derivative(self, t: float | Tensor) -> Tensor:
         """dm/dt (count: 1 / seq_len per unit of t)."""
         tt = torch.as_tensor(t, dtype=torch.float64)

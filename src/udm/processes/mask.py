@@ -51,6 +51,45 @@ class MaskProcess(DiscreteProcess):
         """The masked positions (x0 is not needed: the mask is visible)."""
         return x_t == self.mask_id
 
+    def state_time(self, x_t: Tensor, t: float) -> float | Tensor:
+        """t, or per sequence the time its number of masks shows where F_t cannot have produced that number.
+
+        A projection that writes observed tokens (infill, :mod:`udm.conditioning`)
+        leaves fewer masks than the forward process has at the grid time t:
+
+        * count schedule: t *is* the number of masked positions (min(t, L') for
+          sequences of length L'), so a state with k masks is a state of time k
+          and of no other;
+        * continuous schedules: every position is masked independently with
+          probability m(t), so any number of masks is possible for 0 < m(t) < 1
+          and t is kept; at m(t) = 1 (the start, t = 1) only the all-mask
+          state is, and a state with k of L' masked gets the time with
+          m = k / L'.
+
+        The mask posterior p(x0 | x_t) depends on the visible tokens only, so it
+        is the same at any time at which the state is possible; the denoiser must
+        just not be asked at a time where the state has probability 0 (the exact
+        posterior is undefined there, and a network never saw it). An
+        unconditional run always gets t back unchanged; otherwise the times are
+        a float64 tensor of shape (B,).
+        """
+        k = self.corrupted(x_t).sum(-1).to(torch.float64)
+        n = x_t.shape[-1]
+        if self.schedule == "count":
+            possible, own = k == min(round(float(t)), n), k
+        else:
+            m = float(self.rate(t))
+            if m >= 1.0:
+                possible = k == n
+            elif m <= 0.0:
+                possible = k == 0
+            else:
+                possible = torch.ones_like(k, dtype=torch.bool)
+            own = self.rate_inverse(k / n)
+        if bool(possible.all()):
+            return t
+        return torch.where(possible, torch.full_like(k, float(t)), own)
+
     def loss_positions(self, x_t: Tensor, x0: Tensor) -> Tensor:
         """Where the cross-entropy counts: the masked positions (the visible ones are x0 itself, THEORY §4.4)."""
         return self.corrupted(x_t, x0)

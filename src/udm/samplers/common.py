@@ -6,8 +6,10 @@ a grid ``times`` (float64, CPU). Step coefficients are Python floats computed
 in float64 from the grid, so nothing in the loop moves tensors between devices.
 
 Every step ends in :func:`report`, which applies the optional per-step
-projection ``project(x_s, s) -> x_s`` (conditioning on observed data,
-:mod:`udm.conditioning`: ``udm.sample`` binds its generator) and hands the
+projection ``project(x_s, s, x0_hat=x0_hat) -> x_s`` (conditioning on observed
+data, :mod:`udm.conditioning`: ``udm.sample`` binds its generator; the step's
+clean estimate stands in for unobserved data where a process mixes
+coordinates) and hands the
 state to the callback; a sampler continues from what it returns. Without a
 projection it returns ``x`` itself, so an unconditional run is unchanged bit
 for bit.
@@ -32,8 +34,9 @@ from ..processes.base import LinearPath
 Tensor = torch.Tensor
 DenoiseFn = Callable[[Tensor, float], Tensor]
 Callback = Callable[[dict[str, Any]], None] | None
-#: The per-step projection a sampler applies to each new state x_s (generator bound by ``udm.sample``).
-Project = Callable[[Tensor, float], Tensor] | None
+#: The per-step projection a sampler applies to each new state x_s, ``project(x_s, s, x0_hat=...)``
+#: (generator bound by ``udm.sample``; x0_hat is the step's clean estimate, or None).
+Project = Callable[..., Tensor] | None
 
 #: What to use instead when a sampler needs a linear process.
 LINEAR_HINT = "use the generic 'udm' kernel sampler"
@@ -55,7 +58,7 @@ def report(
     ``x`` itself when ``project`` is None.
     """
     if project is not None:
-        x = project(x, s)
+        x = project(x, s, x0_hat=x0_hat)
     if callback is not None:
         callback({"i": i, "t": t, "s": s, "x": x, "x0_hat": x0_hat})
     return x

@@ -42,7 +42,10 @@ def mask_confidence(
     n_s = round(n_t m(s) / m(t)) the number to keep masked (exactly s in the
     count schedule). At s = 0 every position is revealed, so the result holds
     no mask ids. The denoiser must return logits: a bare token draw carries
-    no confidence.
+    no confidence. With infill (a projection writing observed tokens) n_t counts
+    the state's own masks, so the hidden positions are revealed in proportion
+    to m(s) / m(t) from the first step; the confidence order is not exact, with
+    or without the observation (tests/test_conditioning_tokens.py).
     """
     if not isinstance(process, MaskProcess):
         raise ValueError(f"sampler 'mask_confidence' needs the mask process, got {process.name!r}")

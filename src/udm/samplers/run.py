@@ -42,9 +42,15 @@ _PLUMBING = ("callback", "generator", "project")
 
 
 class Projection(Protocol):
-    """A per-step projection: the state x_t after a step to time t, mapped with the run's generator (:mod:`udm.conditioning`)."""
+    """A per-step projection: the state x_t after a step to time t, mapped with the run's generator (:mod:`udm.conditioning`).
 
-    def __call__(self, x: Tensor, t: float, *, generator: rng.GeneratorLike = None) -> Tensor: ...
+    ``x0_hat`` is the clean estimate the step was made with (None for the start
+    and where a sampler has none of the state's shape).
+    """
+
+    def __call__(
+        self, x: Tensor, t: float, *, generator: rng.GeneratorLike = None, x0_hat: Tensor | None = None
+    ) -> Tensor: ...
 
 
 def process_of(denoiser: Callable[..., Tensor], process: Process | None) -> Process:
@@ -85,7 +91,11 @@ def resolve_generator(
 
 
 class _Tracked:
-    """The denoiser as samplers see it: condition bound, evaluations counted, output checked."""
+    """The denoiser as samplers see it: condition bound, evaluations counted, output checked.
+
+    It is evaluated at ``process.state_time(x, t)``: the grid time t, except where
+    a projection left a state that shows another time (``Process.state_time``).
+    """
 
     def __init__(
         self, denoiser: Callable[..., Tensor], process: Process, cond: Any, times: Tensor, check_finite: bool
@@ -94,7 +104,8 @@ class _Tracked:
         self.nfe = 0
 
     def __call__(self, x: Tensor, t: float) -> Tensor:
-        out = self.denoiser(x, t) if self.cond is None else self.denoiser(x, t, self.cond)
+        seen_at = self.process.state_time(x, t)
+        out = self.denoiser(x, seen_at) if self.cond is None else self.denoiser(x, seen_at, self.cond)
         self.nfe += 1
         expected = self.process.output_shape(x.shape)
         if out.shape not in (x.shape, expected):
@@ -141,8 +152,11 @@ def sample(
     * ``x_T``: the start; if None it is drawn from the prior for data of batch shape ``shape``.
     * ``seeds``: one seed per sample; sample i's x_T and noise come from its own
       generator, so it does not change with batch size or device.
-    * ``project``: applied to the state after every step, with this run's
-      generator (:mod:`udm.conditioning`: inpainting by replacement).
+    * ``project``: applied to the start x_T at the grid's first time and to the
+      state after every step, with this run's generator (:mod:`udm.conditioning`:
+      inpainting by replacement). The start is projected too because the
+      observed part is known there as at every other time: a mask-process start
+      shows the observed tokens to the first denoiser call.
     * ``options`` go to the sampler (e.g. ``eta`` for ddim, ``churn`` for heun).
 
     Returns x_0, or ``(x_0, info)`` with ``info = {"nfe", "times"}`` when ``return_info``.
@@ -162,6 +176,7 @@ def sample(
     kwargs = _sampler_options(sampler, fn, gen, options)
     if project is not None:
         kwargs["project"] = _projection(sampler, fn, project, gen)
+        x_T = kwargs["project"](x_T, float(grid_times[0]))
     x0 = fn(tracked, process, x_T, grid_times, callback=callback, **kwargs)
     return (x0, {"nfe": tracked.nfe, "times": grid_times}) if return_info else x0
 
@@ -187,7 +202,7 @@ def _sampler_options(name: str, fn: Callable[..., Tensor], gen: Any, options: di
     return {**options, "generator": gen} if "generator" in params or takes_any else options
 
 
-def _projection(name: str, fn: Callable[..., Tensor], project: Projection, gen: Any) -> Callable[[Tensor, float], Tensor]:
+def _projection(name: str, fn: Callable[..., Tensor], project: Projection, gen: Any) -> Callable[..., Tensor]:
     """``project`` with the run's generator bound, for a sampler that applies projections (a ``project`` parameter)."""
     params = inspect.signature(fn).parameters
     if "project" not in params and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
