@@ -15,12 +15,18 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .atomic import check_writable
 from .config import check_device, parse_yaml
 from .errors import ConfigError, TrainingInterrupted, UdmError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .sources import ModelSource
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -192,10 +198,175 @@ def _guiding_classifier(src, args: argparse.Namespace):
     return guide.model().eval()
 
 
+@dataclass
+class _Observation:
+    """What ``udm sample`` conditions on (``--inpaint``, ``--init`` or ``--infill``; :mod:`udm.conditioning`).
+
+    ``draw`` stands in for :func:`udm.sample` in :func:`~udm.evaluate.draw_samples`:
+    the same call, with the one observation given to every sample of the batch.
+    ``steps_run`` is how many sampler steps one draw takes (RePaint repeats
+    them, SDEdit skips the first ones); ``meta`` is recorded with the samples;
+    ``shown`` is the observation as an image (hidden pixels grey), written
+    beside them as ``observed.png``, or None for text.
+    """
+
+    name: str
+    draw: Callable[..., Any]
+    steps_run: int
+    meta: dict[str, str]
+    shown: torch.Tensor | None = None
+
+
+#: What ``--infill`` text holds at a position to generate.
+BLANK = "_"
+
+
+def _check_observation_flags(args: argparse.Namespace) -> None:
+    """Refuse the conditioning flags' combinations that mean nothing, before a model is loaded."""
+    flags = (("--inpaint", args.inpaint), ("--init", args.init), ("--infill", args.infill))
+    given = [flag for flag, value in flags if value is not None]
+    if len(given) > 1:
+        raise ConfigError(f"{given[0]} and {given[1]} are two ways of conditioning on observed data: choose one")
+    needs = (
+        ("--mask", args.mask, args.inpaint, "--inpaint IMAGE", "it marks which pixels of that image are kept"),
+        ("--resample", args.resample, args.inpaint, "--inpaint IMAGE --mask MASK", "it is RePaint's resampling of inpainting"),
+        ("--jump", args.jump, args.inpaint, "--inpaint IMAGE --mask MASK", "it is RePaint's resampling of inpainting"),
+        ("--strength", args.strength, args.init, "--init IMAGE", "it is SDEdit's noise level for that image"),
+    )
+    for flag, value, needed, what, why in needs:
+        if value is not None and needed is None:
+            raise ConfigError(f"{flag} needs {what} ({why}); add it or drop {flag}")
+    if args.inpaint is not None and args.mask is None:
+        raise ConfigError("--inpaint IMAGE needs --mask MASK, an image of the same size: white (nonzero) = keep, black = fill")
+    if args.init is not None and args.strength is None:
+        raise ConfigError("--init IMAGE needs --strength S in (0, 1]: near 0 stays close to the image, 1 ignores it")
+    if args.jump is not None and (args.resample or 1) == 1:
+        raise ConfigError("--jump J is how far RePaint goes back before resampling; it needs --resample R > 1")
+
+
+def _observation(src: ModelSource, args: argparse.Namespace, steps: int) -> _Observation | None:
+    """The observation of ``--inpaint``/``--init``/``--infill`` for the model of ``src``, checked; None without them."""
+    from . import conditioning
+
+    if args.inpaint is not None:
+        y = _read_model_image(src, "--inpaint", args.inpaint)
+        mask = _read_mask(args.mask, args.inpaint, y)
+        resample, jump = args.resample or 1, args.jump or 1
+        if resample > 1:
+            from .processes.base import ForwardTransition, require
+
+            require(src.process, ForwardTransition, "--resample R > 1 (RePaint)", "use --resample 1 (plain replacement)")
+        meta = {"conditioning": "inpaint", "observed": str(args.inpaint), "mask": str(args.mask), "resample": str(resample),
+                "jump": str(jump)}
+        draw = _with_observation(conditioning.inpaint, y, mask=mask, resample=resample, jump=jump)
+        return _Observation("inpaint", draw, steps * resample, meta, shown=y.where(mask, 0.0))
+    if args.init is not None:
+        y = _read_model_image(src, "--init", args.init)
+        meta = {"conditioning": "sdedit", "observed": str(args.init), "strength": str(args.strength)}
+        skipped = math.floor(conditioning.steps_skipped(steps, args.strength))  # conditioning.start_times: t0 lies this many steps in
+        return _Observation("sdedit", _with_observation(conditioning.sdedit, y, strength=args.strength), steps - skipped, meta,
+                            shown=y)
+    if args.infill is not None:
+        y, mask = _infill_tokens(src, args.infill)
+        meta = {"conditioning": "infill", "observed": args.infill}
+        return _Observation("infill", _with_observation(conditioning.inpaint, y, mask=mask), steps, meta)
+    return None
+
+
+def _with_observation(method: Callable[..., Any], y: torch.Tensor, **fixed: Any) -> Callable[..., Any]:
+    """:func:`udm.sample`'s call (as ``draw_samples`` makes it) running ``method`` with observation ``y`` for the whole batch."""
+
+    def draw(denoiser: Callable[..., Any], sampler: str, steps: int, *, shape: tuple[int, ...], **kwargs: Any) -> Any:
+        return method(denoiser, y.expand(shape[0], *y.shape), sampler=sampler, steps=steps, **fixed, **kwargs)
+
+    return draw
+
+
+def _read_image(flag: str, path: str, channels: int | None = None) -> torch.Tensor:
+    """The image file of ``flag`` as (C, H, W) in [-1, 1] (:func:`udm.data.read_image`); an unreadable file is one error."""
+    from .data import read_image
+
+    try:
+        return read_image(path, channels)
+    except ValueError as err:
+        raise ConfigError(f"{flag}: {err}; give an image file (PNG or JPEG)") from None
+
+
+def _read_model_image(src: ModelSource, flag: str, path: str) -> torch.Tensor:
+    """The image of ``flag`` as one sample of the image model of ``src``; refused unless it has the model's (C, H, W)."""
+    kind = src.data.get("kind")
+    if kind == "tokens":
+        hint = 'use --infill "text with _ blanks" for a text model' if src.data.get("vocab") else "it takes no image"
+        raise ConfigError(f"{flag} conditions an image model, but {src.name} generates tokens; {hint}")
+    if kind != "image" or len(src.shape) != 3:
+        raise ConfigError(f"{flag} conditions an image model, but {src.name} generates {kind} of shape {tuple(src.shape)}; "
+                          "use it with a model of images")
+    image = _read_image(flag, path)
+    if tuple(image.shape) != tuple(src.shape):
+        c, h, w = src.shape
+        raise ConfigError(
+            f"{flag} {path} has shape {tuple(image.shape)} (channels, height, width) but the model draws {tuple(src.shape)}; "
+            f"give a {h}x{w} {'grayscale' if c == 1 else 'RGB'} image"
+        )
+    return image
+
+
+def _read_mask(path: str, image_path: str, image: torch.Tensor) -> torch.Tensor:
+    """``--mask``: True (observed, kept) where the mask image is nonzero, shape (1, H, W).
+
+    Refused unless it has the image's size and keeps some pixels and fills some.
+    """
+    mask = _read_image("--mask", path, channels=1) > -1.0  # byte 0 reads as exactly -1
+    if mask.shape[1:] != image.shape[1:]:
+        raise ConfigError(
+            f"--mask {path} is {mask.shape[1]}x{mask.shape[2]} pixels but --inpaint {image_path} is {image.shape[1]}x{image.shape[2]} "
+            "(height x width); give a mask of the image's size"
+        )
+    if not bool(mask.any()):
+        raise ConfigError(f"--mask {path} is all black, so no pixel is kept: that is plain sampling; "
+                          "paint the pixels to keep white")
+    if bool(mask.all()):
+        raise ConfigError(f"--mask {path} is all white, so every pixel is kept and none is filled; "
+                          "paint the pixels to fill black")
+    return mask
+
+
+def _infill_tokens(src: ModelSource, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``--infill`` text as (token ids with 0 at the blanks, observed mask), both of shape (L,); checked against the text model."""
+    import torch
+
+    kind, vocab = src.data.get("kind"), src.data.get("vocab")
+    if kind != "tokens":
+        hint = "use --inpaint IMAGE --mask MASK for an image model" if kind == "image" else "it needs a text model"
+        raise ConfigError(f"--infill fills blanks in text, but {src.name} generates {kind}; {hint}")
+    if vocab is None:
+        raise ConfigError(f"--infill needs a text model, but the tokens of {src.name} have no characters (vocab); use a model of text")
+    length = src.shape[-1]
+    if len(text) != length:
+        raise ConfigError(f"--infill text has {len(text)} characters but the model writes {length}; give exactly {length} "
+                          f"characters, {BLANK} for each one to generate")
+    blanks = [c == BLANK for c in text]
+    if not any(blanks):
+        raise ConfigError(f"--infill text has no blank ({BLANK}), so there is nothing to fill; "
+                          f"write {BLANK} for each character to generate")
+    if all(blanks):
+        raise ConfigError("--infill text is all blanks, so nothing is observed: that is plain sampling; "
+                          "keep some characters or drop --infill")
+    index = {c: i for i, c in enumerate(vocab)}
+    for pos, (c, blank) in enumerate(zip(text, blanks, strict=True)):
+        if not blank and c not in index:
+            raise ConfigError(f"--infill character {c!r} (position {pos}) is not in the model's vocabulary {''.join(vocab)!r}; "
+                              f"use only those characters, {BLANK} for a blank")
+    ids = torch.tensor([0 if blank else index[c] for c, blank in zip(text, blanks, strict=True)], dtype=torch.long)
+    return ids, ~torch.tensor(blanks)
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .evaluate import draw_samples
     from .training.samples import save_samples
+    from .viz import save_image_grid
 
+    _check_observation_flags(args)
     if args.out is not None:
         check_writable(args.out, "--out", folder=True)
     src = _source(args)
@@ -203,14 +374,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     sampler, steps, options, grid = _sampling(src, args)
     n = args.n if args.n is not None else src.sample["n"]
     model, cond = _conditioned(src, args, n)
-    out = check_writable(args.out or f"{src.default_out}_{sampler}_{steps}", "--out", folder=True)
+    observed = _observation(src, args, steps)
+    suffix = "" if observed is None else f"_{observed.name}"
+    out = check_writable(args.out or f"{src.default_out}_{sampler}_{steps}{suffix}", "--out", folder=True)
     _note(src)
+    draw = {} if observed is None else {"draw": observed.draw, "steps_run": observed.steps_run}
     x, nfe = draw_samples(model, src.shape, n, sampler, steps, seed=args.seed, grid=grid, cond=cond, device=args.device,
-                          progress=not args.quiet, **options)
+                          progress=not args.quiet, **draw, **options)
     meta = {**{k: str(v) for k, v in src.provenance.items()}, "sampler": sampler, "steps": str(steps), "nfe": str(nfe),
-            "seed": str(args.seed)}
+            "seed": str(args.seed), **({} if observed is None else observed.meta)}
     for path in save_samples(x, out / "samples", src.data, meta=meta):
         print(path)
+    if observed is not None and observed.shown is not None:
+        print(save_image_grid(observed.shown[None], out / "observed.png"))
     return 0
 
 
@@ -442,6 +618,25 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--cfg", type=_FINITE, default=None, help="classifier-free guidance weight w: (1+w) cond - w uncond")
             p.add_argument("--classifier", default=None, help="a noise-aware classifier run to guide with (classifier guidance)")
             p.add_argument("--gamma", type=_number(float, 0), default=None, help="classifier-guidance scale >= 0 (default 1: the Bayes posterior)")
+            p.add_argument("--inpaint", metavar="IMAGE", default=None,
+                           help="inpainting: keep the pixels of IMAGE (the model's size and channels) that --mask marks and "
+                                "generate the rest; every sample sees the same IMAGE; observed.png shows it (hidden pixels grey)")
+            p.add_argument("--mask", metavar="MASK", default=None,
+                           help="with --inpaint: an image of IMAGE's size; white (any nonzero pixel) = observed, kept; "
+                                "black = hidden, filled")
+            p.add_argument("--resample", metavar="R", type=_COUNT, default=None,
+                           help="with --inpaint: RePaint, every stretch of --jump steps is run R times, sent back up by the "
+                                "forward transition in between (R times the NFE; Gaussian processes; default 1: plain replacement)")
+            p.add_argument("--jump", metavar="J", type=_COUNT, default=None,
+                           help="with --resample R > 1: the steps each RePaint stretch spans (default 1)")
+            p.add_argument("--init", metavar="IMAGE", default=None,
+                           help="SDEdit (image-to-image): noise IMAGE to the level --strength picks and sample from there")
+            p.add_argument("--strength", metavar="S", type=_number(float, 0, 1, open_low=True), default=None,
+                           help="with --init, in (0, 1]: the share of the sampler's grid run from the noised image; "
+                                "near 0 returns IMAGE, 1 ignores it (plain sampling from the same seed)")
+            p.add_argument("--infill", metavar="TEXT", default=None,
+                           help=f"text models: TEXT of exactly the model's sequence length; each {BLANK} is a character to "
+                                f"generate, every other character is kept ({BLANK} always means a blank)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("export", help="write a udm run as a folder another library loads (diffusers)")

@@ -64,28 +64,34 @@ def draw_samples(
     device: torch.device | str | None = None,
     batch_size: int = 4096,
     progress: bool = False,
+    draw: Callable[..., tuple[Tensor, dict[str, Any]]] = sample,
+    steps_run: int | None = None,
     **options: Any,
 ) -> tuple[Tensor, int]:
     """``n`` samples (CPU) and the NFE per sample; sample i uses seed ``seed + i`` whatever the batching.
 
     ``grid`` is a ``GRIDS`` name or ``steps -> times`` (e.g. a foreign model's own
     scheduler grid, :mod:`udm.interop`). ``progress`` shows a bar over the samples
-    (and the sampler step within a batch) on stderr.
+    (and the sampler step within a batch) on stderr. ``draw`` is called per batch
+    as :func:`udm.sample` is (the default): conditioning on observed data passes
+    one that runs :func:`udm.conditioning.inpaint` or ``sdedit`` instead, and
+    ``steps_run``, the steps one such draw takes (default ``steps``), for the bar.
     """
     times = grid(steps) if callable(grid) else None
     grid = None if callable(grid) else grid
+    total = steps if steps_run is None else steps_run
     out, nfe = [], 0
     with _bar(progress, n, f"sampling ({sampler}, {steps} steps)", "sample") as bar:
 
         def step(state: dict[str, Any]) -> None:
             if callback is not None:
                 callback(state)
-            bar.set_postfix_str(f"step {int(state['i']) + 1}/{steps}", refresh=False)
+            bar.set_postfix_str(f"step {int(state['i']) + 1}/{total}", refresh=False)
 
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             with torch.no_grad():
-                x, info = sample(
+                x, info = draw(
                     denoiser, sampler, steps, shape=(hi - lo, *shape), seeds=range(seed + lo, seed + hi), grid=grid, times=times,
                     cond=None if cond is None else cond[lo:hi], callback=step if progress else callback, device=device,
                     return_info=True, **options,

@@ -26,7 +26,7 @@ optional int64 labels ``y``). Registered names:
 
 from .arrays import array
 from .base import DATASETS, KINDS, Dataset, from_uint8, load_dataset, loader_options, to_uint8
-from .images import IMAGE_SUFFIXES, digits, image_folder
+from .images import IMAGE_SUFFIXES, digits, image_folder, read_image
 from .idx import binary_mnist, find_mnist, mnist, mnist_files, mnist_search_dirs, read_idx
 from .paths import DATA_ENV, data_search_dirs, default_data_dir
 from .text import find_tinyshakespeare, text_file, tinyshakespeare, tinyshakespeare_candidates
@@ -56,6 +56,7 @@ __all__ = [
     "mnist_files",
     "mnist_search_dirs",
     "read_idx",
+    "read_image",
     "rings",
     "swiss_roll",
     "text_file",

@@ -52,6 +52,35 @@ def _open(path: Path) -> Image.Image:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
+def _channels_of(im: Image.Image) -> int:
+    """1 for a grayscale image mode, else 3 (RGB; alpha is dropped)."""
+    return 1 if im.mode in _GRAY_MODES else 3
+
+
+def _to_array(im: Image.Image, channels: int) -> np.ndarray:
+    """``im`` as uint8 ``(H, W, channels)``: grayscale (mode L) for 1 channel, RGB for 3."""
+    im = im.convert("L" if channels == 1 else "RGB")
+    return np.asarray(im, dtype=np.uint8).reshape(im.size[1], im.size[0], channels)
+
+
+def read_image(path: str | Path, channels: int | None = None) -> torch.Tensor:
+    """One image file (PNG, JPEG, anything pillow reads) as ``(C, H, W)`` float32 in [-1, 1], unresized.
+
+    The pixels map as in :func:`image_folder` (byte 0 -> -1, 255 -> +1), so a
+    PNG written from a sample with :func:`~udm.data.to_uint8` reads back to
+    that sample up to the byte rounding. ``channels`` is 1 (grayscale) or 3
+    (RGB; alpha is dropped); None keeps the file's own: 1 for a grayscale
+    mode, else 3. Used by ``udm sample --inpaint/--mask/--init``, which
+    compare the result with the model's data shape instead of resizing.
+    An unreadable file is a ValueError naming it.
+    """
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1, 3 or None, got {channels}")
+    im = _open(Path(path).expanduser())
+    array = _to_array(im, _channels_of(im) if channels is None else channels)
+    return from_uint8(torch.from_numpy(array.copy())).permute(2, 0, 1).contiguous()
+
+
 def _square(im: Image.Image, size: int) -> Image.Image:
     """Center-crop to a square on the shorter side, then resize to ``size`` (box filter down, bicubic up)."""
     w, h = im.size
@@ -87,19 +116,17 @@ def image_folder(path: str | Path, size: int | None = None, channels: int | None
         raise ValueError(f"no .png/.jpg/.jpeg files found under {root}")
     images = [_open(f) for f in files]
     if channels is None:
-        channels = 1 if all(im.mode in _GRAY_MODES for im in images) else 3
-    mode = "L" if channels == 1 else "RGB"
+        channels = 1 if all(_channels_of(im) == 1 for im in images) else 3
     arrays = []
     for f, im in zip(files, images, strict=True):
-        im = im.convert(mode)
         if size is not None:
-            im = _square(im, int(size))
+            im = _square(im.convert("L" if channels == 1 else "RGB"), int(size))
         elif im.size != images[0].size:
             raise ValueError(
                 f"images under {root} have different sizes: {files[0]} is {images[0].size[0]}x{images[0].size[1]} "
                 f"but {f} is {im.size[0]}x{im.size[1]}; pass size=S to resize them all to SxS"
             )
-        arrays.append(np.asarray(im, dtype=np.uint8).reshape(im.size[1], im.size[0], channels))
+        arrays.append(_to_array(im, channels))
     x = from_uint8(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous())
     rel = [f.relative_to(root).parts for f in files]
     y, num_classes = None, None
