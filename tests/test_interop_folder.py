@@ -76,6 +76,8 @@ def test_model_folder_finds_the_sibling_scheduler_or_says_it_is_missing(pipe: Pa
     with pytest.raises(InteropError, match=r"no scheduler config .*--scheduler PATH"):
         load(tmp_path / "alone")
     assert load(tmp_path / "alone", scheduler=pipe / "scheduler").shape == (1, 8, 8)
+    with pytest.raises(InteropError, match=r"scheduler config .*nowhere\.json does not exist"):
+        load(tmp_path / "alone", scheduler=tmp_path / "nowhere.json")
 
 
 def test_pickled_weights_need_explicit_trust(tmp_path: Path) -> None:

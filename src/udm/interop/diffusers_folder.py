@@ -263,6 +263,8 @@ def _scheduler_config(scheduler: str | Path | dict[str, Any] | None, where: Fold
     if scheduler is not None:
         file = Path(scheduler)
         file = file / "scheduler_config.json" if file.is_dir() else file
+        if not file.is_file():
+            raise InteropError(f"scheduler config {file} does not exist; give a scheduler_config.json or the folder holding it")
         return _json(file), str(file)
     if where.scheduler_config is None:
         looked = ", ".join(str(p) for p in where.looked_in)
