@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "udm"
 
 #: Lowest first. A module may import modules of its own layer (without a circle) and of the layers below it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", ("udm.errors", "udm._version", "udm.registry", "udm.rng", "udm.numerics", "udm.atomic")),
+    ("foundation", ("udm.errors", "udm._version", "udm.registry", "udm.rng", "udm.brownian", "udm.numerics", "udm.atomic")),
     ("processes", ("udm.processes",)),
     ("models and data", ("udm.denoiser", "udm.kernels", "udm.nets", "udm.data", "udm.metrics")),
     ("algorithms", ("udm.samplers", "udm.losses", "udm.classifier", "udm.guidance", "udm.conditioning", "udm.likelihood", "udm.theory")),

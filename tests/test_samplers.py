@@ -258,7 +258,7 @@ def test_nan_from_denoiser_names_the_step():
 
 def test_unknown_sampler_option(oracle):
     den, _ = oracle
-    with pytest.raises(ValueError, match=r"sampler 'euler' has no option 'eta'; its options: variable"):
+    with pytest.raises(ValueError, match=r"sampler 'euler' has no option 'eta'; its options: churn, churn_noise, churn_tmax, churn_tmin, noise, variable"):
         udm.sample(den, "euler", steps=3, shape=(4, 2), eta=0.3)
 
 

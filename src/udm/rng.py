@@ -79,3 +79,18 @@ def rand(
 ) -> torch.Tensor:
     """Uniform [0, 1) draws of ``shape``, with the same per-sample generator rule as :func:`randn`."""
     return _draw(torch.rand, shape, generator, dtype, device)
+
+
+def keys(generator: GeneratorLike, n: int) -> torch.Tensor:
+    """``n`` int64 keys (CPU), e.g. for :class:`udm.brownian.BrownianPath`; key i from generator i if a list."""
+    gen = as_generator(generator)
+
+    def draw(g: torch.Generator | None, size: tuple[int, ...]) -> torch.Tensor:
+        device = g.device if g is not None else "cpu"
+        return torch.randint(-(2**63), 2**63 - 1, size, generator=g, dtype=torch.int64, device=device).cpu()
+
+    if isinstance(gen, list):
+        if len(gen) != n:
+            raise ValueError(f"got {len(gen)} per-sample generators for a batch of {n}; give one per sample")
+        return torch.cat([draw(g, (1,)) for g in gen]) if gen else torch.empty(0, dtype=torch.int64)
+    return draw(gen, (n,))

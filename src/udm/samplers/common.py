@@ -25,10 +25,12 @@ need eps ~ N(0, I) (:class:`~udm.processes.base.GaussianPath`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from .. import rng
+from ..brownian import BrownianPath
 from ..processes.base import LinearPath
 
 Tensor = torch.Tensor
@@ -42,6 +44,31 @@ Project = Callable[..., Tensor] | None
 LINEAR_HINT = "use the generic 'udm' kernel sampler"
 #: What to use instead when a sampler needs Gaussian noise.
 GAUSSIAN_HINT = "use an ODE sampler or the generic 'udm' kernel sampler"
+
+
+@runtime_checkable
+class NoiseSource(Protocol):
+    """Where a stochastic sampler gets its noise: standardized increments of one Brownian path per sample.
+
+    ``normal(w_a, w_b)`` is (W(w_b) - W(w_a)) / sqrt|w_b - w_a| in the time w of
+    :func:`~udm.samplers.coordinates.brownian_time`. :class:`~udm.brownian.BrownianPath`
+    is the default; a test may pass any object with this method (e.g. to feed a
+    peer library the same increments).
+    """
+
+    def normal(self, w_a: float, w_b: float) -> Tensor: ...
+
+
+def noise_source(noise: NoiseSource | None, generator: rng.GeneratorLike, x: Tensor) -> NoiseSource:
+    """``noise`` if given, else per-sample Brownian paths keyed by ``generator`` (one key per sample)."""
+    if noise is None:
+        return BrownianPath.from_generator(generator, x)
+    if not isinstance(noise, NoiseSource):
+        raise ValueError(
+            f"noise must be a noise source with a normal(w_a, w_b) method such as udm.brownian.BrownianPath, "
+            f"got {type(noise).__name__}; leave it out to use per-sample Brownian paths from the seeds"
+        )
+    return noise
 
 
 def alpha_sigma(process: LinearPath, t: float) -> tuple[float, float]:

@@ -45,6 +45,20 @@ def half_log_snr(process: LinearPath, t: float) -> float:
     return math.log(a) - math.log(s)
 
 
+def brownian_time(process: LinearPath, t: float) -> float:
+    """w = alpha_t^2/sigma_t^2 = e^(2 lambda_t), the time in which stochastic samplers query their Brownian path.
+
+    In this time the reverse SDE's noise over a step is exact: with
+    sigma_r = g (THEORY §2.1) and x0_hat held fixed over the step, the noise the
+    exact solution adds from t to s is sigma_s sqrt(1 - e^(-2h)) times the
+    standardized increment of W over [w_t, w_s] (h = lambda_s - lambda_t), since
+    in y = x/alpha it is alpha_s sigma~_s^2 (W(w_s) - W(w_t)). w = 0 where alpha = 0
+    (pure noise) and +inf on clean data.
+    """
+    lam = half_log_snr(process, t)
+    return 0.0 if lam == -math.inf else math.exp(2.0 * lam)
+
+
 def karras_level(process: LinearPath, rho: float) -> tuple[Callable[[T], T], Callable[[T], T]]:
     """Karras et al.'s (2022, eq. 5) coordinate sigma~^(1/rho) of t and its inverse, on floats or float64 tensors."""
     view = ODEView(process, "sigma")

@@ -37,14 +37,14 @@ from dataclasses import dataclass
 import torch
 
 from ..processes.base import LinearPath, require
-from .common import LINEAR_HINT, Callback, DenoiseFn, Project, alpha_sigma, report
+from .common import LINEAR_HINT, Callback, DenoiseFn, NoiseSource, Project, alpha_sigma, report
 from .coordinates import ODEView, finite_level, half_log_snr
 
 Tensor = torch.Tensor
 
 
 @dataclass
-class _Eval:
+class Evaluation:
     """One denoiser evaluation: where it was made and what it returned (eps_hat at the evaluated state)."""
 
     t: float
@@ -55,19 +55,19 @@ class _Eval:
     eps: Tensor
 
 
-def _evaluate(denoiser: DenoiseFn, p: LinearPath, x: Tensor, t: float) -> _Eval:
+def evaluate(denoiser: DenoiseFn, p: LinearPath, x: Tensor, t: float) -> Evaluation:
     a, s = alpha_sigma(p, t)
     x0 = denoiser(x, t)
     eps = (x - a * x0) / s if s > 0 else torch.zeros_like(x)
-    return _Eval(t, half_log_snr(p, t), a, s, x0, eps)
+    return Evaluation(t, half_log_snr(p, t), a, s, x0, eps)
 
 
-def _check_final_order(final_order: int) -> None:
+def check_final_order(final_order: int) -> None:
     if final_order not in (1, 2):
         raise ValueError(f"final_order must be 1 (x0_hat) or 2 (Adams-Bashforth in sigma/alpha), got {final_order}")
 
 
-def _final_step(p: LinearPath, x: Tensor, hist: list[_Eval], a_s: float, final_order: int) -> Tensor:
+def final_step(p: LinearPath, x: Tensor, hist: list[Evaluation], a_s: float, final_order: int) -> Tensor:
     """The step into clean data: x0_hat of the last evaluation, or AB2 in sigma~ (module docstring)."""
     last = hist[-1]
     if final_order == 1 or len(hist) < 2 or not finite_level(p, hist[-2].t):
@@ -78,7 +78,7 @@ def _final_step(p: LinearPath, x: Tensor, hist: list[_Eval], a_s: float, final_o
     return a_s * y
 
 
-def _usable(p: LinearPath, hist: list[_Eval], order: int) -> int:
+def usable_order(p: LinearPath, hist: list[Evaluation], order: int) -> int:
     """The largest order <= ``order`` whose history points all have a finite lambda (sigma~ finite, alpha > 0)."""
     k = 1
     while k < min(order, len(hist)) and finite_level(p, hist[-1 - k].t):
@@ -105,7 +105,7 @@ def dpmpp_2m(
     diffusers when there are fewer than 15 steps, the last step are first order.
     """
     p = require(process, LinearPath, "sampler 'dpmpp_2m'", LINEAR_HINT)
-    return _dpmpp_multistep(denoiser, p, x, times, 2, lower_order_final, final_order, False, callback, project)
+    return dpmpp_multistep(denoiser, p, x, times, 2, lower_order_final, final_order, False, callback, project)
 
 
 def dpmpp_3m(
@@ -140,10 +140,38 @@ def dpmpp_3m(
     last two steps are orders 1 and 2 (diffusers' schedule).
     """
     p = require(process, LinearPath, "sampler 'dpmpp_3m'", LINEAR_HINT)
-    return _dpmpp_multistep(denoiser, p, x, times, 3, lower_order_final, final_order, diffusers_compat, callback, project)
+    return dpmpp_multistep(denoiser, p, x, times, 3, lower_order_final, final_order, diffusers_compat, callback, project)
 
 
-def _dpmpp_multistep(
+def exponential_step(
+    x: Tensor, base: Evaluation, update: Tensor, a_s: float, s_s: float, lam_s: float, eta: float, noise: NoiseSource | None
+) -> Tensor:
+    """One step of the reverse-SDE family (THEORY §2.1, sigma_r = eta g) from ``base`` to lambda_s, exact in its linear and noise parts.
+
+    With k = eta^2 and h = lambda_s - lambda_t,
+
+        x_s = (sigma_s/sigma_t) e^{-k h} x_t + alpha_s update + sigma_s sqrt(1 - e^{-2 k h}) z,
+
+    where ``update`` = integral of (1+k) e^{-(1+k)(lambda_s - lambda)} x0_hat(lambda) dlambda
+    (phi_1 x0_hat with phi_1 = 1 - e^{-(1+k)h} for a constant x0_hat) and z is the
+    standardized increment of ``noise`` over [w_t, w_s] (:func:`brownian_time`).
+    eta = 0 is the PF-ODE step of DPM-Solver++; eta = 1 the reverse SDE, whose
+    noise for a frozen x0_hat this z gives exactly. Where alpha_t = 0
+    (lambda_t = -inf) the decay is 0 for eta > 0.
+    """
+    k = eta * eta
+    decay = s_s / base.sigma
+    if k > 0:
+        decay *= math.exp(-k * (lam_s - base.lam))
+    x = decay * x + a_s * update
+    if k > 0 and noise is not None:
+        h = lam_s - base.lam
+        w_t = 0.0 if base.lam == -math.inf else math.exp(2.0 * base.lam)
+        x = x + (s_s * math.sqrt(-math.expm1(-2.0 * k * h))) * noise.normal(w_t, math.exp(2.0 * lam_s))
+    return x
+
+
+def dpmpp_multistep(
     denoiser: DenoiseFn,
     p: LinearPath,
     x: Tensor,
@@ -154,28 +182,37 @@ def _dpmpp_multistep(
     diffusers_compat: bool,
     callback: Callback,
     project: Project,
+    eta: float = 0.0,
+    noise: NoiseSource | None = None,
 ) -> Tensor:
-    """The DPM-Solver++ multistep loop up to ``max_order`` (2 or 3; formulas in :func:`dpmpp_3m`).
+    """The DPM-Solver++ multistep loop up to ``max_order`` (2 or 3; formulas in :func:`dpmpp_3m`), for eta >= 0.
 
-    Order 2 here is the "midpoint" 2M step: phi_1 (m0 + (m0 - m1)/(2 r0)).
+    With a = 1 + eta^2 (:func:`exponential_step`) every coefficient is the ODE's
+    with h replaced by a h: order 2 is the "midpoint" 2M step phi_1 (m0 + D1/2),
+    order 3 adds (1 - phi_1/(a h)) D1 + c D2 with c = 1 - 2/(a h) + 2 phi_1/(a h)^2
+    (half of it with ``diffusers_compat``). At eta = 0 this is the PF-ODE solver,
+    bit for bit the same as before the SDE form was added.
     """
-    _check_final_order(final_order)
+    check_final_order(final_order)
     ts = times.tolist()
     n = len(ts) - 1
-    hist: list[_Eval] = []
+    hist: list[Evaluation] = []
+    a = 1.0 + eta * eta
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        hist = [*hist[-(max_order - 1) :], _evaluate(denoiser, p, x, t)]
+        hist = [*hist[-(max_order - 1) :], evaluate(denoiser, p, x, t)]
         a_s, s_s = alpha_sigma(p, s)
         if s_s == 0.0:
-            x = _final_step(p, x, hist, a_s, final_order)
+            x = final_step(p, x, hist, a_s, final_order)
             x = report(callback, i, t, s, x, hist[-1].x0, project)
             continue
-        order = _usable(p, hist, max_order)
+        order = usable_order(p, hist, max_order)
         if lower_order_final and n < 15:
             order = min(order, n - i)
         m0 = hist[-1]
-        h = half_log_snr(p, s) - m0.lam
-        phi = -math.expm1(-h)
+        lam_s = half_log_snr(p, s)
+        h = lam_s - m0.lam
+        ah = a * h
+        phi = -math.expm1(-ah)
         update = phi * m0.x0
         if order >= 2:
             r0 = (m0.lam - hist[-2].lam) / h
@@ -187,9 +224,9 @@ def _dpmpp_multistep(
                 d1_1 = (hist[-2].x0 - hist[-3].x0) / r1
                 d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
                 d2 = (d1_0 - d1_1) / (r0 + r1)
-                c2 = 0.5 - (h - phi) / (h * h)
-                update = update + (1 - phi / h) * d1 + (c2 if diffusers_compat else 2.0 * c2) * d2
-        x = (s_s / m0.sigma) * x + a_s * update
+                c2 = 0.5 - (ah - phi) / (ah * ah)
+                update = update + (1 - phi / ah) * d1 + (c2 if diffusers_compat else 2.0 * c2) * d2
+        x = exponential_step(x, m0, update, a_s, s_s, lam_s, eta, noise)
         x = report(callback, i, t, s, x, m0.x0, project)
     return x
 
@@ -223,7 +260,7 @@ def _unipc_rhos(rks: list[float], h: float, variant: str, corrector: bool) -> tu
 
 
 def _unipc_update(
-    x: Tensor, base: _Eval, older: list[_Eval], a_s: float, s_s: float, lam_s: float, variant: str, new_x0: Tensor | None
+    x: Tensor, base: Evaluation, older: list[Evaluation], a_s: float, s_s: float, lam_s: float, variant: str, new_x0: Tensor | None
 ) -> Tensor:
     """One UniP (``new_x0`` None) or UniC step from ``base`` to lambda_s using the ``older`` evaluations (newest first).
 
@@ -278,22 +315,22 @@ def unipc(
         raise ValueError(f"order must be >= 1, got {order}")
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
-    _check_final_order(final_order)
+    check_final_order(final_order)
     ts = times.tolist()
     n = len(ts) - 1
-    hist: list[_Eval] = []
+    hist: list[Evaluation] = []
     x_prev, prev_order = x, 1
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        ev = _evaluate(denoiser, p, x, t)
+        ev = evaluate(denoiser, p, x, t)
         if corrector and hist and finite_level(p, hist[-1].t):
             base, older = hist[-1], hist[-prev_order:-1][::-1]
             x = _unipc_update(x_prev, base, older, ev.alpha, ev.sigma, ev.lam, variant, ev.x0)
         hist = [*hist[-max(order, 2) + 1 :], ev]
         a_s, s_s = alpha_sigma(p, s)
         if s_s == 0.0:
-            x = _final_step(p, x, hist, a_s, final_order)
+            x = final_step(p, x, hist, a_s, final_order)
         else:
-            k = min(min(order, n - i) if lower_order_final else order, _usable(p, hist, order))
+            k = min(min(order, n - i) if lower_order_final else order, usable_order(p, hist, order))
             x_prev, prev_order = x, k
             x = _unipc_update(x, ev, hist[-k:-1][::-1], a_s, s_s, half_log_snr(p, s), variant, None)
         x = report(callback, i, t, s, x, ev.x0, project)

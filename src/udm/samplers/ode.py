@@ -23,8 +23,43 @@ import torch
 
 from .. import rng
 from ..processes.base import LinearPath, require
-from .common import LINEAR_HINT, Callback, DenoiseFn, Project, alpha_sigma, report
+from .common import LINEAR_HINT, Callback, DenoiseFn, NoiseSource, Project, alpha_sigma, noise_source, report
 from .coordinates import ODEView
+
+#: EDM's bound on the churn factor gamma (Karras et al. 2022, Algorithm 2).
+MAX_GAMMA = 2**0.5 - 1
+
+
+class Churn:
+    """EDM's stochastic churn (Karras et al. 2022, Algorithm 2, lines 4-6), shared by :func:`euler` and :func:`heun`.
+
+    Before a step from t whose sigma~ lies in [tmin, tmax], the noise level is
+    raised to sigma^ = sigma~ (1 + gamma), gamma = min(churn/steps, sqrt(2) - 1),
+    by adding sqrt(sigma^2 - sigma~^2) * s_noise * z to y = x/alpha. z is the
+    standardized increment of the sample's Brownian path (:mod:`udm.brownian`)
+    over [w^, w_t], w = 1/sigma~^2: the noise of "going back up" from sigma~ to
+    sigma^, drawn from the same path for any batch and any grid.
+    """
+
+    def __init__(self, view: ODEView, x: Tensor, steps: int, churn: float, tmin: float, tmax: float, s_noise: float,
+                 noise: NoiseSource | None, generator: rng.GeneratorLike) -> None:
+        if churn < 0:
+            raise ValueError(f"churn must be >= 0, got {churn}")
+        if churn > 0 and view.variable != "sigma":
+            raise ValueError("stochastic churn is defined in the sigma variable; use variable='sigma'")
+        self.view, self.gamma, self.tmin, self.tmax, self.s_noise = view, min(churn / steps, MAX_GAMMA), tmin, tmax, s_noise
+        self.noise = noise_source(noise, generator, x) if churn > 0 else None
+
+    def __call__(self, x: Tensor, t: float) -> tuple[Tensor, float]:
+        """(x at the raised level, its time): unchanged where churn is off or sigma~_t is outside [tmin, tmax]."""
+        u_t = self.view.u(t)
+        if self.noise is None or not self.tmin <= u_t <= self.tmax or u_t == 0.0:
+            return x, t
+        u_hat = u_t * (1 + self.gamma)
+        z = self.noise.normal(u_hat**-2, u_t**-2)
+        y = self.view.to_state(x, t) + (u_hat**2 - u_t**2) ** 0.5 * self.s_noise * z
+        t_hat = self.view.t(u_hat)
+        return self.view.from_state(y, t_hat), t_hat
 
 Tensor = torch.Tensor
 
@@ -36,13 +71,25 @@ def euler(
     times: Tensor,
     *,
     variable: str | None = None,
+    churn: float = 0.0,
+    churn_tmin: float = 0.0,
+    churn_tmax: float = float("inf"),
+    churn_noise: float = 1.0,
+    noise: NoiseSource | None = None,
+    generator: rng.GeneratorLike = None,
     callback: Callback = None,
     project: Project = None,
 ) -> Tensor:
-    """Euler's method on the PF-ODE (first order); in the sigma variable it equals DDIM(eta=0)."""
+    """Euler's method on the PF-ODE (first order); in the sigma variable it equals DDIM(eta=0).
+
+    With ``churn > 0`` it is EDM's stochastic Euler sampler: each step first
+    raises the noise level (:class:`Churn`, sigma variable only).
+    """
     view = ODEView.default(require(process, LinearPath, "sampler 'euler'", LINEAR_HINT), times, variable)
     ts = times.tolist()
+    raise_level = Churn(view, x, len(ts) - 1, churn, churn_tmin, churn_tmax, churn_noise, noise, generator)
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        x, t = raise_level(x, t)
         x0 = denoiser(x, t)
         if view.variable == "sigma":
             # y_s = y_t + (u_s - u_t) eps_hat, written as alpha_s x0_hat + sigma_s eps_hat
@@ -65,6 +112,7 @@ def heun(
     churn_tmin: float = 0.0,
     churn_tmax: float = float("inf"),
     churn_noise: float = 1.0,
+    noise: NoiseSource | None = None,
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
     project: Project = None,
@@ -72,25 +120,16 @@ def heun(
     """Heun's second-order method (Karras et al. 2022, Algorithm 2), with optional stochastic churn.
 
     With ``churn > 0`` (S_churn), each step whose sigma~ lies in
-    [churn_tmin, churn_tmax] first raises the noise level by gamma =
-    min(churn / steps, sqrt(2) - 1) (sigma variable only). The last step into
-    clean data is an Euler step, as in EDM.
+    [churn_tmin, churn_tmax] first raises the noise level (:class:`Churn`,
+    sigma variable only). The last step into clean data is an Euler step, as in EDM.
     """
     view = ODEView.default(require(process, LinearPath, "sampler 'heun'", LINEAR_HINT), times, variable)
-    if churn > 0 and view.variable != "sigma":
-        raise ValueError("stochastic churn is defined in the sigma variable; use variable='sigma'")
-    gen = rng.as_generator(generator)
     ts = times.tolist()
-    n = len(ts) - 1
+    raise_level = Churn(view, x, len(ts) - 1, churn, churn_tmin, churn_tmax, churn_noise, noise, generator)
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        x, t = raise_level(x, t)
         u_t, u_s = view.u(t), view.u(s)
         y = view.to_state(x, t)
-        if churn > 0 and churn_tmin <= u_t <= churn_tmax:
-            gamma = min(churn / n, 2**0.5 - 1)
-            u_hat = u_t * (1 + gamma)
-            y = y + (u_hat**2 - u_t**2) ** 0.5 * churn_noise * rng.randn_like(y, gen)
-            t, u_t = view.t(u_hat), u_hat
-            x = view.from_state(y, t)
         x0 = denoiser(x, t)
         d = view.derivative(x0, x, t)
         y_next = view.step(y, d, x0, t, s)

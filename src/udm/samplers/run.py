@@ -28,11 +28,13 @@ from .exponential import dpmpp_2m, dpmpp_3m, unipc
 from .grids import get_grid
 from .ode import euler, heun, rk45
 from .sde import euler_maruyama, pc
+from .stochastic import dpmpp_2m_sde, dpmpp_3m_sde, dpmpp_sde, sa_solver
 
 Tensor = torch.Tensor
 SAMPLERS: Registry[Callable[..., Tensor]] = Registry("sampler")
 for _fn in (
-    ddpm, ddim, udm, udm_baseline, udm_deterministic, euler, heun, rk45, dpmpp_2m, dpmpp_3m, unipc, euler_maruyama, pc, mask_confidence
+    ddpm, ddim, udm, udm_baseline, udm_deterministic, euler, heun, rk45, dpmpp_2m, dpmpp_3m, unipc, euler_maruyama, pc,
+    dpmpp_2m_sde, dpmpp_3m_sde, dpmpp_sde, sa_solver, mask_confidence
 ):
     SAMPLERS.register(_fn.__name__, _fn)
 

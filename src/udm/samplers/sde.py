@@ -20,7 +20,8 @@ import torch
 from .. import rng
 from ..denoiser import from_x0
 from ..processes.base import GaussianPath, require
-from .common import GAUSSIAN_HINT, Callback, DenoiseFn, Project, alpha_sigma, report
+from .common import GAUSSIAN_HINT, Callback, DenoiseFn, NoiseSource, Project, alpha_sigma, noise_source, report
+from .coordinates import brownian_time
 
 Tensor = torch.Tensor
 
@@ -38,17 +39,15 @@ def _diffusion(spec: str | float | Callable[[float], float], g2: float, t: float
     raise ValueError(f"diffusion must be 'sde', 'ode', a factor >= 0 or a function of t, got {spec!r}")
 
 
-def _em_step(
-    process: GaussianPath, x: Tensor, x0: Tensor, t: float, s: float, var_r: float, gen: rng.GeneratorLike
-) -> Tensor:
-    """One Euler-Maruyama step of Part 9's reverse SDE from t to s < t."""
+def _em_step(process: GaussianPath, x: Tensor, x0: Tensor, t: float, s: float, var_r: float, z: Callable[[], Tensor]) -> Tensor:
+    """One Euler-Maruyama step of Part 9's reverse SDE from t to s < t; ``z()`` gives the step's standard normal."""
     if float(process.alpha(t)) == 0.0:
         raise ValueError(f"the forward SDE is singular where alpha_t = 0 (t={t:g}); start the grid below t_max")
     f, g2 = (float(v) for v in process.sde(t))
     h = t - s
     score = from_x0(x0, x, t, process, "score")
     x = x - h * (f * x - 0.5 * (g2 + var_r) * score)
-    return x + (var_r * h) ** 0.5 * rng.randn_like(x, gen) if var_r > 0 else x
+    return x + (var_r * h) ** 0.5 * z() if var_r > 0 else x
 
 
 def euler_maruyama(
@@ -58,20 +57,27 @@ def euler_maruyama(
     times: Tensor,
     *,
     diffusion: str | float | Callable[[float], float] = "sde",
+    noise: NoiseSource | None = None,
     generator: rng.GeneratorLike = None,
     callback: Callback = None,
     project: Project = None,
 ) -> Tensor:
-    """Euler-Maruyama on the reverse-SDE family of THEORY §2.1 with free sigma_r(t) (``diffusion``)."""
+    """Euler-Maruyama on the reverse-SDE family of THEORY §2.1 with free sigma_r(t) (``diffusion``).
+
+    The noise of step t -> s is the standardized increment of the sample's
+    Brownian path over [w_t, w_s] (:func:`~udm.samplers.coordinates.brownian_time`),
+    so it is the path the exponential SDE solvers of :mod:`udm.samplers.stochastic` walk.
+    """
     p = require(process, GaussianPath, "sampler 'euler_maruyama'", GAUSSIAN_HINT)
-    gen = rng.as_generator(generator)
+    src = noise_source(noise, generator, x)
     ts = times.tolist()
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = denoiser(x, t)
         if float(p.sigma(s)) == 0.0:
             x = x0
         else:
-            x = _em_step(p, x, x0, t, s, _diffusion(diffusion, float(p.sde(t)[1]) if p.alpha(t) > 0 else 0.0, t), gen)
+            var_r = _diffusion(diffusion, float(p.sde(t)[1]) if p.alpha(t) > 0 else 0.0, t)
+            x = _em_step(p, x, x0, t, s, var_r, lambda: src.normal(brownian_time(p, t), brownian_time(p, s)))
         x = report(callback, i, t, s, x, x0, project)
     return x
 
@@ -117,6 +123,6 @@ def pc(
             e = (2 * a * (snr * ratio) ** 2).reshape(-1, *([1] * len(dims)))
             x = x + e * score + torch.sqrt(2 * e) * z
         x0 = denoiser(x, t)
-        x = x0 if s_s == 0.0 else _em_step(p, x, x0, t, s, float(p.sde(t)[1]), gen)
+        x = x0 if s_s == 0.0 else _em_step(p, x, x0, t, s, float(p.sde(t)[1]), lambda: rng.randn_like(x, gen))
         x = report(callback, i, t, s, x, x0, project)
     return x
