@@ -172,6 +172,35 @@ def test_dpmpp_matches_dpm_solver_multistep(order: int, spacing: str, steps: int
     assert float((ours - _run_diffusers(sched, gmm, x)).abs().max()) < ATOL
 
 
+@pytest.mark.parametrize(("spacing", "steps"), [("trailing", 10), ("linspace", 7), ("leading", 20), ("trailing", 30)])
+def test_dpmpp_2m_sde_matches_sde_dpmsolver_fed_the_same_increments(spacing: str, steps: int) -> None:
+    """dpmpp_2m_sde equals DPMSolverMultistepScheduler (sde-dpmsolver++, order 2, midpoint) given the same noise.
+
+    diffusers takes each step's noise as ``variance_noise``: here the standardized
+    increment of udm's per-sample Brownian path over the step, in w = 1/sigma~^2,
+    which is what udm draws itself from the same seeds.
+    """
+    from udm.brownian import BrownianPath
+
+    gmm, x = _gmm(4), _noise(16, 4)
+    sched = _scheduler(
+        diffusers.DPMSolverMultistepScheduler, steps, algorithm_type="sde-dpmsolver++", solver_order=2,
+        solver_type="midpoint", final_sigmas_type="zero", lower_order_final=True, timestep_spacing=spacing,
+    )
+    _keep_float64_sample(sched)
+    path = BrownianPath.from_generator(list(range(16)), x)
+    y = x
+    for i, k in enumerate(sched.timesteps):
+        s0, s1 = float(sched.sigmas[i]), float(sched.sigmas[i + 1])
+        z = torch.zeros_like(y) if s1 == 0 else path.normal(1.0 / s0**2, 1.0 / s1**2)
+        y = sched.step(gmm.eps(y, float(k) + 1.0, PROC), k, y, variance_noise=z).prev_sample
+    ours, nfe = _run_udm("dpmpp_2m_sde", gmm, x, _udm_times(sched), seeds=list(range(16)))
+    assert nfe == steps
+    assert float((ours - y).abs().max()) < ATOL
+    other, _ = _run_udm("dpmpp_2m_sde", gmm, x, _udm_times(sched), seeds=list(range(1, 17)))
+    assert float((other - y).abs().max()) > 0.01  # the noise matters: other seeds land elsewhere
+
+
 @pytest.mark.parametrize(
     ("order", "variant", "steps"), [(1, "bh2", 6), (2, "bh2", 5), (2, "bh2", 10), (3, "bh2", 10), (3, "bh2", 20), (4, "bh2", 8)]
 )
