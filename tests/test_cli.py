@@ -92,6 +92,9 @@ def test_train_sample_eval_list(tmp_path, capsys):
     x = load_file(str(tmp_path / "s" / "samples.safetensors"))["samples"]
     assert x.shape == (20, 2) and bool(x.isfinite().all())
     assert Image.open(tmp_path / "s" / "samples.png").size[0] > 100
+    code, _, err = run_cli(capsys, "sample", str(run), "--sampler", "sa_solver", "--steps", "6", "--n", "8", "--out", str(tmp_path / "sde"))
+    assert code == 0, err
+    assert bool(load_file(str(tmp_path / "sde" / "samples.safetensors"))["samples"].isfinite().all())
     code, out, err = run_cli(capsys, "eval", str(run), "--n", "50", "--out", str(tmp_path / "m.json"))
     assert code == 0, err
     metrics = json.loads((tmp_path / "m.json").read_text())
