@@ -367,6 +367,11 @@ def validate(config: Mapping[str, Any]) -> dict[str, Any]:
         check_sampler_options(sample["sampler"], sample["options"] or {})
     except ValueError as err:
         raise ConfigError(f"config key 'sample.options': {err}") from None
+    if "noise" in (sample["options"] or {}):
+        raise ConfigError(
+            "config key 'sample.options.noise' is a Python object (a udm.brownian.BrownianPath); a config cannot give one. "
+            "Remove it: runs draw per-sample Brownian paths from their seeds"
+        )
     for key in ("steps", "n", "eval_n"):
         if not isinstance(sample[key], int) or isinstance(sample[key], bool) or sample[key] < 1:
             raise ConfigError(f"config key 'sample.{key}' must be an integer >= 1, got {sample[key]!r}")
