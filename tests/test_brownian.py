@@ -98,3 +98,13 @@ def test_refusals() -> None:
         BrownianPath(torch.zeros(1, dtype=torch.int64), (1,), log_range=(1.0, 1.0))
     with pytest.raises(ValueError, match="one per sample"):
         rng.keys(rng.generators_from_seeds([1, 2]), 3)
+
+
+def test_reusing_the_previous_descent_changes_no_value() -> None:
+    """A path that answered other queries first gives bitwise the values of a fresh path (the bracket cache is exact)."""
+    keys = rng.keys(torch.Generator().manual_seed(9), 8)
+    used = BrownianPath(keys, (3,), dtype=torch.float64)
+    for w in (0.5, 0.51, 3e-3, 2e4, 0.52, 7.0):
+        used(w)
+    for w in (0.505, 3.1e-3, 7.01, 1e-8, 9e8):
+        assert torch.equal(used(w), BrownianPath(keys, (3,), dtype=torch.float64)(w))

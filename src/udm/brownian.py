@@ -55,6 +55,8 @@ _GOLDEN = _signed(0x9E3779B97F4A7C15)
 _MIX1 = _signed(0xBF58476D1CE4E5B9)
 _MIX2 = _signed(0x94D049BB133111EB)
 _LOW32 = (1 << 32) - 1
+#: Tree levels whose brackets a path keeps from one query to the next (memory: this many (batch, count) tensors).
+_CACHED_LEVELS = 16
 
 
 def _shift_right(x: Tensor, k: int) -> Tensor:
@@ -116,6 +118,8 @@ class BrownianPath:
         self._at_lo = math.sqrt(self._w_lo) * z[0]
         self._at_hi = self._at_lo + math.sqrt(self._w_hi - self._w_lo) * z[1]
         self._memo: dict[float, Tensor] = {}
+        self._lefts: list[bool] = []
+        self._brackets: list[tuple[float, float, Tensor, Tensor]] = [(self._w_lo, self._w_hi, self._at_lo, self._at_hi)]
 
     @classmethod
     def from_generator(cls, generator: rng.GeneratorLike, like: Tensor, **options: object) -> BrownianPath:
@@ -132,7 +136,13 @@ class BrownianPath:
         return int(self.keys.shape[0])
 
     def _value(self, w: float) -> Tensor:
-        """W(w) in float64 on the CPU, shape (batch, count)."""
+        """W(w) in float64 on the CPU, shape (batch, count).
+
+        The descent reuses the previous query's brackets for the levels both
+        queries share (consecutive grid points share the top of the tree), so
+        only the levels below the split are drawn; the arithmetic is the same
+        either way, so the values are too.
+        """
         if w == 0.0:
             return torch.zeros(self.batch, self.count, dtype=torch.float64)
         if not self._w_lo <= w <= self._w_hi:
@@ -151,12 +161,19 @@ class BrownianPath:
             mids.append(m)
             lefts.append(left)
             node, a, b = (2 * node, a, m) if left else (2 * node + 1, m, b)
-        z = counter_normals(self.keys, torch.tensor(nodes, dtype=torch.int64), self.count)
-        wa, wb, va, vb = self._w_lo, self._w_hi, self._at_lo, self._at_hi
-        for level, (m, left) in enumerate(zip(mids, lefts)):
-            wm = math.exp(m)
-            vm = va + ((wm - wa) / (wb - wa)) * (vb - va) + math.sqrt((wm - wa) * (wb - wm) / (wb - wa)) * z[level]
-            wb, vb, wa, va = (wm, vm, wa, va) if left else (wb, vb, wm, vm)
+        shared = 0
+        while shared < len(self._brackets) - 1 and self._lefts[shared] == lefts[shared]:
+            shared += 1
+        brackets = self._brackets[: shared + 1]
+        wa, wb, va, vb = brackets[-1]
+        z = counter_normals(self.keys, torch.tensor(nodes[shared:], dtype=torch.int64), self.count)
+        for level in range(shared, self.depth):
+            wm = math.exp(mids[level])
+            vm = va + ((wm - wa) / (wb - wa)) * (vb - va) + math.sqrt((wm - wa) * (wb - wm) / (wb - wa)) * z[level - shared]
+            wb, vb, wa, va = (wm, vm, wa, va) if lefts[level] else (wb, vb, wm, vm)
+            if level < _CACHED_LEVELS:
+                brackets.append((wa, wb, va, vb))
+        self._lefts, self._brackets = lefts, brackets
         value = va + ((w - wa) / (wb - wa)) * (vb - va)
         if len(self._memo) >= 4:
             self._memo.pop(next(iter(self._memo)))
