@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from . import rng
@@ -55,7 +56,7 @@ _GOLDEN = _signed(0x9E3779B97F4A7C15)
 _MIX1 = _signed(0xBF58476D1CE4E5B9)
 _MIX2 = _signed(0x94D049BB133111EB)
 _LOW32 = (1 << 32) - 1
-#: Tree levels whose brackets a path keeps from one query to the next (memory: this many (batch, count) tensors).
+#: Tree levels whose normals a path keeps from one query to the next (memory: this many (batch, count) float64 rows).
 _CACHED_LEVELS = 16
 
 
@@ -113,13 +114,12 @@ class BrownianPath:
         self.keys, self.shape, self.dtype, self.device = keys, tuple(shape), dtype, device
         self.depth, self.lo, self.hi = depth, float(lo), float(hi)
         self.count = math.prod(self.shape)
-        z = counter_normals(keys, torch.tensor([-1, -2], dtype=torch.int64), self.count)
         self._w_lo, self._w_hi = math.exp(self.lo), math.exp(self.hi)
-        self._at_lo = math.sqrt(self._w_lo) * z[0]
-        self._at_hi = self._at_lo + math.sqrt(self._w_hi - self._w_lo) * z[1]
+        # W(w_lo) = sqrt(w_lo) z_a and W(w_hi) = W(w_lo) + sqrt(w_hi - w_lo) z_b: the first two rows of every query
+        self._ends = counter_normals(keys, torch.tensor([-1, -2], dtype=torch.int64), self.count).reshape(2, -1)
         self._memo: dict[float, Tensor] = {}
         self._lefts: list[bool] = []
-        self._brackets: list[tuple[float, float, Tensor, Tensor]] = [(self._w_lo, self._w_hi, self._at_lo, self._at_hi)]
+        self._rows = torch.empty(0, self.batch * self.count, dtype=torch.float64)
 
     @classmethod
     def from_generator(cls, generator: rng.GeneratorLike, like: Tensor, **options: object) -> BrownianPath:
@@ -138,10 +138,11 @@ class BrownianPath:
     def _value(self, w: float) -> Tensor:
         """W(w) in float64 on the CPU, shape (batch, count).
 
-        The descent reuses the previous query's brackets for the levels both
-        queries share (consecutive grid points share the top of the tree), so
-        only the levels below the split are drawn; the arithmetic is the same
-        either way, so the values are too.
+        Every bracket value on the way down is an affine function of the normals
+        drawn so far, W = sum_k c_k z_k, so the descent runs on the scalar
+        coefficients c (Python floats) and the tensors meet once, in sum_k c_k z_k. The
+        normals of the top levels are kept from the previous query where both
+        descend the same way (consecutive grid points share the top of the tree).
         """
         if w == 0.0:
             return torch.zeros(self.batch, self.count, dtype=torch.float64)
@@ -162,19 +163,27 @@ class BrownianPath:
             lefts.append(left)
             node, a, b = (2 * node, a, m) if left else (2 * node + 1, m, b)
         shared = 0
-        while shared < len(self._brackets) - 1 and self._lefts[shared] == lefts[shared]:
+        while shared < min(len(self._rows), len(self._lefts)) and self._lefts[shared] == lefts[shared]:
             shared += 1
-        brackets = self._brackets[: shared + 1]
-        wa, wb, va, vb = brackets[-1]
-        z = counter_normals(self.keys, torch.tensor(nodes[shared:], dtype=torch.int64), self.count)
-        for level in range(shared, self.depth):
-            wm = math.exp(mids[level])
-            vm = va + ((wm - wa) / (wb - wa)) * (vb - va) + math.sqrt((wm - wa) * (wb - wm) / (wb - wa)) * z[level - shared]
-            wb, vb, wa, va = (wm, vm, wa, va) if lefts[level] else (wb, vb, wm, vm)
-            if level < _CACHED_LEVELS:
-                brackets.append((wa, wb, va, vb))
-        self._lefts, self._brackets = lefts, brackets
-        value = va + ((w - wa) / (wb - wa)) * (vb - va)
+        fresh = counter_normals(self.keys, torch.tensor(nodes[shared:], dtype=torch.int64), self.count)
+        z = torch.cat([self._ends, self._rows[:shared], fresh.reshape(len(nodes) - shared, -1)])
+        self._lefts, self._rows = lefts, z[2 : 2 + _CACHED_LEVELS]
+        n = 2 + self.depth
+        wa, wb = self._w_lo, self._w_hi
+        ca = np.zeros(n)
+        ca[0] = math.sqrt(wa)
+        cb = ca.copy()
+        cb[1] = math.sqrt(wb - wa)
+        for level, (m, left) in enumerate(zip(mids, lefts)):
+            wm = math.exp(m)
+            cm = ca + ((wm - wa) / (wb - wa)) * (cb - ca)
+            cm[2 + level] += math.sqrt((wm - wa) * (wb - wm) / (wb - wa))
+            wb, cb, wa, ca = (wm, cm, wa, ca) if left else (wb, cb, wm, cm)
+        coef = (ca + ((w - wa) / (wb - wa)) * (cb - ca)).tolist()
+        value = z[0] * coef[0]
+        for row, c in zip(z[1:], coef[1:]):  # elementwise, row by row: no BLAS blocking that could depend on the batch
+            value.add_(row, alpha=c)
+        value = value.reshape(self.batch, self.count)
         if len(self._memo) >= 4:
             self._memo.pop(next(iter(self._memo)))
         self._memo[w] = value
