@@ -69,6 +69,8 @@ def test_bundled_configs_validate(name):
         (lambda c: c.update(loss={"time_sampler": {"name": "lognormal", "mean": 0}}), ("loss.time_sampler.mean", "p_mean")),
         (lambda c: c["sample"].update(options={"eta": 1.0, "churn": 2}), ("sample.options", "no option 'churn'", "eta")),
         (lambda c: c["sample"].update(sampler="sa_solver", options={"noise": 3}), ("sample.options.noise", "per-sample Brownian paths")),
+        (lambda c: c["sample"].update(sampler="sa_solver", options={"eta": -1}), ("sample.options", "eta must be a finite number >= 0")),
+        (lambda c: c["sample"].update(sampler="heun", options={"churn": -2}), ("sample.options", "churn must be >= 0")),
         (lambda c: c["data"].update(noise_level=0.1), ("data.noise_level", "noise")),
         (lambda c: c.pop("network"), ("'network' is missing",)),
     ],

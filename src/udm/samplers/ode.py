@@ -30,6 +30,14 @@ from .coordinates import ODEView
 MAX_GAMMA = 2**0.5 - 1
 
 
+def check_churn(name: str, *, churn: float = 0.0, variable: str | None = None, **_: object) -> None:
+    """Refuse churn options no sampler takes: one rule for :class:`Churn` and for configs (before a run starts)."""
+    if not (isinstance(churn, (int, float)) and churn >= 0):
+        raise ValueError(f"sampler {name!r}: churn must be >= 0, got {churn!r}")
+    if churn > 0 and variable not in (None, "sigma"):
+        raise ValueError(f"sampler {name!r}: stochastic churn is defined in the sigma variable; use variable='sigma'")
+
+
 class Churn:
     """EDM's stochastic churn (Karras et al. 2022, Algorithm 2, lines 4-6), shared by :func:`euler` and :func:`heun`.
 
@@ -43,8 +51,6 @@ class Churn:
 
     def __init__(self, view: ODEView, x: Tensor, steps: int, churn: float, tmin: float, tmax: float, s_noise: float,
                  noise: NoiseSource | None, generator: rng.GeneratorLike) -> None:
-        if churn < 0:
-            raise ValueError(f"churn must be >= 0, got {churn}")
         if churn > 0 and view.variable != "sigma":
             raise ValueError("stochastic churn is defined in the sigma variable; use variable='sigma'")
         self.view, self.gamma, self.tmin, self.tmax, self.s_noise = view, min(churn / steps, MAX_GAMMA), tmin, tmax, s_noise
@@ -87,6 +93,7 @@ def euler(
     """
     view = ODEView.default(require(process, LinearPath, "sampler 'euler'", LINEAR_HINT), times, variable)
     ts = times.tolist()
+    check_churn("euler", churn=churn, variable=variable)
     raise_level = Churn(view, x, len(ts) - 1, churn, churn_tmin, churn_tmax, churn_noise, noise, generator)
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x, t = raise_level(x, t)
@@ -125,6 +132,7 @@ def heun(
     """
     view = ODEView.default(require(process, LinearPath, "sampler 'heun'", LINEAR_HINT), times, variable)
     ts = times.tolist()
+    check_churn("heun", churn=churn, variable=variable)
     raise_level = Churn(view, x, len(ts) - 1, churn, churn_tmin, churn_tmax, churn_noise, noise, generator)
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x, t = raise_level(x, t)

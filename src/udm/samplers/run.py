@@ -26,9 +26,9 @@ from .ancestral import ddim, ddpm, udm, udm_baseline, udm_deterministic
 from .discrete import mask_confidence
 from .exponential import dpmpp_2m, dpmpp_3m, unipc
 from .grids import get_grid
-from .ode import euler, heun, rk45
+from .ode import check_churn, euler, heun, rk45
 from .sde import euler_maruyama, pc
-from .stochastic import dpmpp_2m_sde, dpmpp_3m_sde, dpmpp_sde, sa_solver
+from .stochastic import check_options, dpmpp_2m_sde, dpmpp_3m_sde, dpmpp_sde, sa_solver
 
 Tensor = torch.Tensor
 SAMPLERS: Registry[Callable[..., Tensor]] = Registry("sampler")
@@ -38,6 +38,12 @@ for _fn in (
 ):
     SAMPLERS.register(_fn.__name__, _fn)
 
+
+#: Value checks of a sampler's options, run by :func:`check_sampler_options` (so a config is refused before training).
+OPTION_CHECKS: dict[str, Callable[..., None]] = {
+    **dict.fromkeys(("dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_sde", "sa_solver"), check_options),
+    **dict.fromkeys(("euler", "heun"), check_churn),
+}
 
 #: Keyword arguments a sampler receives from :func:`sample` itself, never as user options.
 _PLUMBING = ("callback", "generator", "project")
@@ -194,6 +200,8 @@ def check_sampler_options(name: str, options: Mapping[str, Any]) -> None:
     unknown = sorted(set(options) - set(valid))
     if unknown and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         raise ValueError(f"sampler {name!r} has no option {unknown[0]!r}; its options: {', '.join(valid) or 'none'}")
+    if name in OPTION_CHECKS:
+        OPTION_CHECKS[name](name, **options)
 
 
 def _sampler_options(name: str, fn: Callable[..., Tensor], gen: Any, options: dict) -> dict:

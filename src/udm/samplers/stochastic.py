@@ -34,6 +34,7 @@ into clean data is deterministic, as in the ODE solvers (``final_order``).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -46,13 +47,27 @@ from .exponential import Evaluation, check_final_order, dpmpp_multistep, evaluat
 Tensor = torch.Tensor
 
 
-def _stochastic(process: LinearPath, name: str, eta: float) -> LinearPath:
-    """The process, checked: any linear path at eta = 0, a Gaussian one for eta > 0."""
-    if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+def check_options(
+    name: str, *, eta: float = 1.0, r: float = 0.5, order: int = 3, corrector_order: int = 3, final_order: int = 1, **_: Any
+) -> None:
+    """Refuse option values no stochastic solver here takes: one rule for the samplers and for configs (before a run starts)."""
+    if not (isinstance(eta, (int, float)) and not isinstance(eta, bool) and math.isfinite(eta) and eta >= 0):
         raise ValueError(f"sampler {name!r}: eta must be a finite number >= 0, got {eta!r}")
-    if eta > 0:
-        return require(process, GaussianPath, f"sampler {name!r} with eta > 0", GAUSSIAN_HINT)
-    return require(process, LinearPath, f"sampler {name!r}", LINEAR_HINT)
+    if not (isinstance(r, (int, float)) and 0.0 < r <= 1.0):
+        raise ValueError(f"sampler {name!r}: the stage r must be in (0, 1], got {r!r}")
+    if order not in (1, 2, 3, 4) or corrector_order not in (0, 1, 2, 3, 4):
+        raise ValueError(f"sampler {name!r}: order must be 1-4 and corrector_order 0-4, got {order}, {corrector_order}")
+    check_final_order(final_order)
+
+
+def _setup(
+    process: LinearPath, name: str, x: Tensor, eta: float, noise: NoiseSource | None, generator: rng.GeneratorLike
+) -> tuple[LinearPath, NoiseSource | None]:
+    """The process, checked (any linear path at eta = 0, a Gaussian one for eta > 0), and the noise source (none at eta = 0)."""
+    if eta == 0:
+        return require(process, LinearPath, f"sampler {name!r}", LINEAR_HINT), None
+    p = require(process, GaussianPath, f"sampler {name!r} with eta > 0", GAUSSIAN_HINT)
+    return p, noise_source(noise, generator, x)
 
 
 def dpmpp_2m_sde(
@@ -74,8 +89,8 @@ def dpmpp_2m_sde(
     At eta = 1 it is diffusers' ``sde-dpmsolver++`` of order 2 (midpoint) and
     k-diffusion's ``sample_dpmpp_2m_sde``; eta = 0 is :func:`~udm.samplers.exponential.dpmpp_2m`.
     """
-    p = _stochastic(process, "dpmpp_2m_sde", eta)
-    src = noise_source(noise, generator, x) if eta > 0 else None
+    check_options("dpmpp_2m_sde", eta=eta, final_order=final_order)
+    p, src = _setup(process, "dpmpp_2m_sde", x, eta, noise, generator)
     return dpmpp_multistep(denoiser, p, x, times, 2, lower_order_final, final_order, False, callback, project, eta, src)
 
 
@@ -102,8 +117,8 @@ def dpmpp_3m_sde(
     3M (:func:`~udm.samplers.exponential.dpmpp_3m`); diffusers' sde-dpmsolver++
     of order 3 uses c/2 - 1, whose error does not vanish with the step.
     """
-    p = _stochastic(process, "dpmpp_3m_sde", eta)
-    src = noise_source(noise, generator, x) if eta > 0 else None
+    check_options("dpmpp_3m_sde", eta=eta, final_order=final_order)
+    p, src = _setup(process, "dpmpp_3m_sde", x, eta, noise, generator)
     return dpmpp_multistep(denoiser, p, x, times, 3, lower_order_final, final_order, diffusers_compat, callback, project, eta, src)
 
 
@@ -130,11 +145,8 @@ def dpmpp_sde(
     (k-diffusion draws them from a Brownian tree too, in sigma and with an
     ancestral split). The step into clean data is deterministic (``final_order``).
     """
-    p = _stochastic(process, "dpmpp_sde", eta)
-    if not 0.0 < r <= 1.0:
-        raise ValueError(f"sampler 'dpmpp_sde': the stage r must be in (0, 1], got {r!r}")
-    check_final_order(final_order)
-    src = noise_source(noise, generator, x) if eta > 0 else None
+    check_options("dpmpp_sde", eta=eta, r=r, final_order=final_order)
+    p, src = _setup(process, "dpmpp_sde", x, eta, noise, generator)
     a = 1.0 + eta * eta
     ts = times.tolist()
     hist: list[Evaluation] = []
@@ -234,11 +246,8 @@ def sa_solver(
     with ``lower_order_final`` and fewer than 15 steps they are capped by the
     steps left, as in diffusers' SASolverScheduler, whose ``tau`` is this eta.
     """
-    p = _stochastic(process, "sa_solver", eta)
-    if not 1 <= order <= 4 or not 0 <= corrector_order <= 4:
-        raise ValueError(f"sampler 'sa_solver': order must be 1-4 and corrector_order 0-4, got {order}, {corrector_order}")
-    check_final_order(final_order)
-    src = noise_source(noise, generator, x) if eta > 0 else None
+    check_options("sa_solver", eta=eta, order=order, corrector_order=corrector_order, final_order=final_order)
+    p, src = _setup(process, "sa_solver", x, eta, noise, generator)
     a = 1.0 + eta * eta
     ts = times.tolist()
     n = len(ts) - 1
