@@ -119,7 +119,7 @@ class BrownianPath:
         self._ends = counter_normals(keys, torch.tensor([-1, -2], dtype=torch.int64), self.count).reshape(2, -1)
         self._memo: dict[float, Tensor] = {}
         self._lefts: list[bool] = []
-        self._rows = torch.empty(0, self.batch * self.count, dtype=torch.float64)
+        self._rows: list[Tensor] = []
 
     @classmethod
     def from_generator(cls, generator: rng.GeneratorLike, like: Tensor, **options: object) -> BrownianPath:
@@ -166,8 +166,9 @@ class BrownianPath:
         while shared < min(len(self._rows), len(self._lefts)) and self._lefts[shared] == lefts[shared]:
             shared += 1
         fresh = counter_normals(self.keys, torch.tensor(nodes[shared:], dtype=torch.int64), self.count)
-        z = torch.cat([self._ends, self._rows[:shared], fresh.reshape(len(nodes) - shared, -1)])
-        self._lefts, self._rows = lefts, z[2 : 2 + _CACHED_LEVELS]
+        rows = [*self._rows[:shared], *fresh.reshape(len(nodes) - shared, -1)]
+        z = [*self._ends, *rows]
+        self._lefts, self._rows = lefts, rows[:_CACHED_LEVELS]
         n = 2 + self.depth
         wa, wb = self._w_lo, self._w_hi
         ca = np.zeros(n)

@@ -190,8 +190,8 @@ def dpmpp_multistep(
     With a = 1 + eta^2 (:func:`exponential_step`) every coefficient is the ODE's
     with h replaced by a h: order 2 is the "midpoint" 2M step phi_1 (m0 + D1/2),
     order 3 adds (1 - phi_1/(a h)) D1 + c D2 with c = 1 - 2/(a h) + 2 phi_1/(a h)^2
-    (half of it with ``diffusers_compat``). At eta = 0 this is the PF-ODE solver,
-    bit for bit the same as before the SDE form was added.
+    (half of it with ``diffusers_compat``). At eta = 0 every expression is the
+    PF-ODE solver's own, so :func:`dpmpp_2m`/:func:`dpmpp_3m` run through here unchanged.
     """
     check_final_order(final_order)
     ts = times.tolist()
