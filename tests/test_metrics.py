@@ -11,6 +11,7 @@ import torch
 from scipy.spatial.distance import cdist, pdist
 
 import udm.metrics as metrics
+import udm.metrics.inputs as metric_inputs
 from udm.metrics import energy_distance, mean_cov_error, mmd, sliced_wasserstein, two_sample_floor
 
 
@@ -22,7 +23,7 @@ def _normal(n: int, d: int, seed: int, shift: float | np.ndarray = 0.0) -> torch
 @pytest.fixture
 def tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Force many small distance blocks and a multi-pass median selection on small inputs."""
-    monkeypatch.setattr(metrics, "_BLOCK_ELEMS", 7)
+    monkeypatch.setattr(metric_inputs, "BLOCK_ELEMS", 7)
     monkeypatch.setattr(metrics, "_SELECT_CAP", 5)
     monkeypatch.setattr(metrics, "_N_BINS", 3)
 
@@ -80,7 +81,7 @@ def test_sliced_wasserstein_deterministic_and_chunk_independent(monkeypatch: pyt
     default = sliced_wasserstein(x, y, n_projections=16)
     assert default.item() == sliced_wasserstein(x, y, n_projections=16, generator=0).item()
     assert default.item() != sliced_wasserstein(x, y, n_projections=16, generator=1).item()
-    monkeypatch.setattr(metrics, "_BLOCK_ELEMS", 150)  # two directions per chunk
+    monkeypatch.setattr(metric_inputs, "BLOCK_ELEMS", 150)  # two directions per chunk
     assert sliced_wasserstein(x, y, n_projections=16).item() == pytest.approx(default.item(), rel=1e-12)
 
 

@@ -10,7 +10,12 @@ Every metric compares two empirical samples ``x`` (n, d) and ``y`` (m, d):
 * :func:`energy_distance` -- 2E|X-Y| - E|X-X'| - E|Y-Y'|;
 * :func:`frechet_distance` -- the Fréchet (2-Wasserstein) distance between
   Gaussians fitted to two feature sets (FID's formula, on whatever features
-  are passed); :func:`frechet_from_moments` takes the moments directly.
+  are passed); :func:`frechet_from_moments` takes the moments directly, and
+  :func:`frechet_stderr` gives a bootstrap standard error;
+* :func:`kid` (:mod:`udm.metrics.kid`) -- the Kernel Inception Distance, the
+  unbiased cubic-polynomial-kernel MMD, with its standard error;
+* :func:`precision_recall` (:mod:`udm.metrics.manifold`) -- fidelity and
+  coverage by k-nearest-neighbour manifolds.
 
 A finite-sample metric is never exactly zero, even for a perfect model, so a
 score is only meaningful next to the value two independent samples of the data
@@ -33,101 +38,52 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .inputs import GeneratorLike, as_generator, as_pair, exact_cdist, rows_per_block
+from .kid import KID, kid
+from .manifold import PrecisionRecall, precision_recall
+
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 
 __all__ = [
+    "KID",
+    "PrecisionRecall",
     "energy_distance",
     "frechet_distance",
     "frechet_from_moments",
+    "frechet_stderr",
+    "kid",
     "mean_cov_error",
     "mmd",
+    "precision_recall",
     "sliced_wasserstein",
     "two_sample_floor",
 ]
 
-#: Upper bound on the number of entries of one block of pairwise distances
-#: (or projected values) held at a time: 2**22 float64 numbers are 32 MiB.
-_BLOCK_ELEMS = 2**22
 #: The exact median selection collects the candidate distances once at most this many remain.
 _SELECT_CAP = 2**22
 #: Number of histogram bins per refinement pass of the exact median selection.
 _N_BINS = 4096
 
-GeneratorLike = torch.Generator | int | None
-
-
-def _as_samples(x: torch.Tensor, name: str) -> torch.Tensor:
-    """``x`` as a floating (n, d) tensor: (n, ...) is flattened, integers become the default float dtype."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim < 2:
-        raise ValueError(f"{name} must be 2-D (n, d), got shape {tuple(x.shape)}")
-    if x.is_complex():
-        raise ValueError(f"{name} must be real, got dtype {x.dtype}")
-    if not x.is_floating_point():
-        x = x.to(torch.get_default_dtype())
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} must contain at least one sample, got shape {tuple(x.shape)}")
-    x = x.reshape(x.shape[0], -1)
-    if x.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one feature, got shape {tuple(x.shape)}")
-    return x
-
-
-def _as_pair(x: torch.Tensor, y: torch.Tensor, min_samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a pair of samples: same feature dimension, same device, common float dtype."""
-    x = _as_samples(x, "x")
-    y = _as_samples(y, "y")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
-    if x.device != y.device:
-        raise ValueError(f"x and y must be on the same device, got {x.device} and {y.device}")
-    for name, s in (("x", x), ("y", y)):
-        if s.shape[0] < min_samples:
-            raise ValueError(f"{name} must have at least {min_samples} samples for this estimate, got {s.shape[0]}")
-    dtype = torch.promote_types(x.dtype, y.dtype)
-    return x.to(dtype), y.to(dtype)
-
-
-def _as_generator(generator: GeneratorLike) -> torch.Generator:
-    """A torch.Generator from a generator, an integer seed, or None (seed 0, for reproducible scores)."""
-    if generator is None:
-        generator = 0
-    if isinstance(generator, torch.Generator):
-        return generator
-    if isinstance(generator, int) and not isinstance(generator, bool):
-        return torch.Generator().manual_seed(generator)
-    raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {type(generator).__name__}")
-
-
-def _rows_per_block(n_cols: int) -> int:
-    return max(1, _BLOCK_ELEMS // max(1, n_cols))
-
-
-def _cdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances from exact coordinate differences (no matmul expansion, no cancellation)."""
-    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
-
 
 def _cross_distances(a: torch.Tensor, b: torch.Tensor) -> Iterator[torch.Tensor]:
     """All |a_i - b_j| as a sequence of flat blocks."""
-    rows = _rows_per_block(b.shape[0])
+    rows = rows_per_block(b.shape[0])
     for i0 in range(0, a.shape[0], rows):
-        yield _cdist(a[i0 : i0 + rows], b).reshape(-1)
+        yield exact_cdist(a[i0 : i0 + rows], b).reshape(-1)
 
 
 def _upper_distances(z: torch.Tensor) -> Iterator[torch.Tensor]:
     """All |z_i - z_j| with i < j (each unordered pair once, diagonal excluded) as flat blocks."""
     n = z.shape[0]
-    rows = _rows_per_block(n)
+    rows = rows_per_block(n)
     for i0 in range(0, n, rows):
         i1 = min(i0 + rows, n)
         block = z[i0:i1]
-        square = _cdist(block, block)
+        square = exact_cdist(block, block)
         keep = torch.ones_like(square, dtype=torch.bool).triu_(diagonal=1)
         yield square[keep]
         if i1 < n:
-            yield _cdist(block, z[i1:]).reshape(-1)
+            yield exact_cdist(block, z[i1:]).reshape(-1)
 
 
 def _sum_cross(a: torch.Tensor, b: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -261,7 +217,7 @@ def mmd(
     Returns:
         0-d tensor in the inputs' dtype.
     """
-    x, y = _as_pair(x, y, min_samples=2 if unbiased else 1)
+    x, y = as_pair(x, y, min_samples=2 if unbiased else 1)
     n, m = x.shape[0], y.shape[0]
     gammas = [1.0 / (2.0 * h * h) for h in _bandwidths(bandwidth, x, y)]
 
@@ -300,7 +256,7 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True) -> 
     Returns:
         0-d tensor in the inputs' dtype.
     """
-    x, y = _as_pair(x, y, min_samples=2 if unbiased else 1)
+    x, y = as_pair(x, y, min_samples=2 if unbiased else 1)
     n, m = x.shape[0], y.shape[0]
     exy = _sum_cross(x, y, _identity) / (n * m)
     sxx = _sum_off_diagonal(x, _identity)
@@ -369,21 +325,28 @@ def sliced_wasserstein(
     Returns:
         0-d tensor in the inputs' dtype.
     """
-    x, y = _as_pair(x, y)
+    x, y = as_pair(x, y)
     if int(n_projections) != n_projections or n_projections < 1:
         raise ValueError(f"n_projections must be a positive integer, got {n_projections}")
     p = float(p)
     if not (p >= 1.0 and math.isfinite(p)):
         raise ValueError(f"p must be a finite number >= 1, got {p}")
-    g = _as_generator(generator)
+    g = as_generator(generator)
     theta = torch.randn(int(n_projections), x.shape[1], generator=g, dtype=torch.float64, device=g.device)
     theta = (theta / theta.norm(dim=1, keepdim=True)).to(dtype=x.dtype, device=x.device)
-    per_chunk = _rows_per_block(x.shape[0] + y.shape[0])
+    per_chunk = rows_per_block(x.shape[0] + y.shape[0])
     total = x.new_zeros(())
     for k0 in range(0, theta.shape[0], per_chunk):
         directions = theta[k0 : k0 + per_chunk].T
         total = total + _wasserstein_pp_1d(x @ directions, y @ directions, p).sum()
     return (total / theta.shape[0]).pow(1.0 / p)
+
+
+def _moments(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased (1 / (n - 1)) covariance of the rows of ``s``."""
+    mean = s.mean(dim=0)
+    centred = s - mean
+    return mean, centred.T @ centred / (s.shape[0] - 1)
 
 
 def mean_cov_error(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -394,15 +357,10 @@ def mean_cov_error(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     second moments, but cheap, interpretable and the first thing to check; for
     Gaussian targets it is exactly what matters.
     """
-    x, y = _as_pair(x, y, min_samples=2)
+    x, y = as_pair(x, y, min_samples=2)
 
-    def moments(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = s.mean(dim=0)
-        centred = s - mean
-        return mean, centred.T @ centred / (s.shape[0] - 1)
-
-    mx, cx = moments(x)
-    my, cy = moments(y)
+    mx, cx = _moments(x)
+    my, cy = _moments(y)
     return {"mean": torch.linalg.vector_norm(mx - my), "cov": torch.linalg.matrix_norm(cx - cy, ord="fro")}
 
 
@@ -451,15 +409,31 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     get (:func:`two_sample_floor`). Needs at least 2 samples on each side and
     the same feature dimension; returns a Python float.
     """
-    x, y = _as_pair(x, y, min_samples=2)
+    x, y = as_pair(x, y, min_samples=2)
     x, y = x.to(torch.float64), y.to(torch.float64)
+    return frechet_from_moments(*_moments(x), *_moments(y))
 
-    def moments(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = s.mean(dim=0)
-        centred = s - mean
-        return mean, centred.T @ centred / (s.shape[0] - 1)
 
-    return frechet_from_moments(*moments(x), *moments(y))
+
+def frechet_stderr(x: torch.Tensor, y: torch.Tensor, resamples: int = 10, generator: GeneratorLike = None) -> float:
+    """Bootstrap standard error of :func:`frechet_distance` (x, y): the spread over ``resamples`` resampled pairs.
+
+    Each resample draws n rows of ``x`` and m rows of ``y`` with replacement and
+    recomputes the distance; the standard deviation of those values estimates
+    how much the distance varies from one draw of the samples to another (it says
+    nothing about the distance's O(1/n) bias, which the floor shows).
+    """
+    if int(resamples) != resamples or resamples < 2:
+        raise ValueError(f"resamples must be an integer >= 2, got {resamples}")
+    x, y = as_pair(x, y, min_samples=2)
+    x, y = x.to(torch.float64), y.to(torch.float64)
+    g = as_generator(generator)
+    values = []
+    for _ in range(int(resamples)):
+        ix = torch.randint(0, x.shape[0], (x.shape[0],), generator=g, device=g.device).to(x.device)
+        iy = torch.randint(0, y.shape[0], (y.shape[0],), generator=g, device=g.device).to(y.device)
+        values.append(frechet_from_moments(*_moments(x[ix]), *_moments(y[iy])))
+    return float(torch.tensor(values, dtype=torch.float64).std())
 
 
 def two_sample_floor(
@@ -495,7 +469,7 @@ def two_sample_floor(
     n, repeats = int(n), int(repeats)
     if data.shape[0] < 2 * n:
         raise ValueError(f"data must have at least 2n = {2 * n} samples, got {data.shape[0]}")
-    g = _as_generator(generator)
+    g = as_generator(generator)
     values = []
     for _ in range(repeats):
         perm = torch.randperm(data.shape[0], generator=g, device=g.device).to(data.device)
