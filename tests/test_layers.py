@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "udm"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("udm.errors", "udm._version", "udm.registry", "udm.rng", "udm.brownian", "udm.numerics", "udm.atomic")),
     ("processes", ("udm.processes",)),
-    ("models and data", ("udm.denoiser", "udm.kernels", "udm.nets", "udm.data", "udm.metrics")),
+    ("models and data", ("udm.denoiser", "udm.kernels", "udm.nets", "udm.data", "udm.metrics", "udm.features")),
     ("algorithms", ("udm.samplers", "udm.losses", "udm.classifier", "udm.guidance", "udm.conditioning", "udm.likelihood", "udm.theory")),
     ("objectives and checks", ("udm.objectives", "udm.checks")),
     ("config", ("udm.config",)),
