@@ -53,7 +53,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "init_from": None,
     "cond_dropout": 0.1,
     "on_nonfinite": "stop",
+    "posthoc_ema": None,
 }
+
+#: the widest power-function EMA profile (EDM2, Sec. 3): sigma_rel = 1/sqrt(12), gamma = 0, the uniform average of the run
+SIGMA_REL_MAX = 12**-0.5
+#: the widths ``train.posthoc_ema`` tracks when it names none (Karras et al. 2024, App. C.2: two are enough to reconstruct others)
+POSTHOC_SIGMA_RELS = (0.05, 0.10)
 
 SAMPLE_DEFAULTS: dict[str, Any] = {"sampler": "dpmpp_2m", "steps": 50, "grid": None, "n": 64, "eval_n": 2000, "options": {}}
 TOP_KEYS = ("name", "seed", "data", "process", "prediction", "network", "loss", "train", "sample")
@@ -278,6 +284,37 @@ def _check_train(train: dict[str, Any]) -> None:
             raise ConfigError("config key 'train.ema' needs exactly one of 'decay' or 'half_life'")
         if "decay" in ema and not (isinstance(ema["decay"], (int, float)) and 0 <= ema["decay"] < 1):
             raise ConfigError(f"config key 'train.ema.decay' must be in [0, 1), got {ema['decay']!r}")
+    if train["posthoc_ema"] is not None:
+        train["posthoc_ema"] = _check_posthoc_ema(train["posthoc_ema"])
+
+
+def _check_posthoc_ema(section: Any) -> dict[str, Any]:
+    """``train.posthoc_ema`` with its default widths filled in: {sigma_rels: [distinct widths in (0, 1/sqrt(12)]], every: N >= 1}.
+
+    The widths are sorted, so two configs that list the same ones in another order are the same run.
+    """
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"config key 'train.posthoc_ema' must be a mapping such as {{sigma_rels: [0.05, 0.1], every: 1000}}, or null; got {section!r}")
+    for key in section:
+        if key not in ("sigma_rels", "every"):
+            raise ConfigError(f"config key 'train.posthoc_ema.{key}' is not allowed; allowed keys: every, sigma_rels")
+    if "every" not in section:
+        raise ConfigError("config key 'train.posthoc_ema.every' is missing: the steps between two snapshots, e.g. 1% of train.steps")
+    every = section["every"]
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f"config key 'train.posthoc_ema.every' must be an integer >= 1 (steps between snapshots), got {every!r}")
+    widths = section.get("sigma_rels", list(POSTHOC_SIGMA_RELS))
+    if not isinstance(widths, (list, tuple)) or not widths:
+        raise ConfigError(f"config key 'train.posthoc_ema.sigma_rels' must be a non-empty list of widths such as [0.05, 0.1], got {widths!r}")
+    for w in widths:
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 < w <= SIGMA_REL_MAX:
+            raise ConfigError(
+                f"config key 'train.posthoc_ema.sigma_rels' holds {w!r}; each width must be a number in (0, {SIGMA_REL_MAX:.4f}] "
+                "(1/sqrt(12), the uniform average; EDM2 tracks 0.05 and 0.1)"
+            )
+    if len(set(map(float, widths))) < len(widths):
+        raise ConfigError(f"config key 'train.posthoc_ema.sigma_rels' lists a width twice ({list(widths)!r}); give each once")
+    return {"sigma_rels": sorted(float(w) for w in widths), "every": every}
 
 
 def validate(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,16 +15,27 @@ weights, ``train.init_from``) and its number of ``updates``; checkpoints record 
 :func:`ema_warmup_note` turns them into the warning ``udm sample`` prints when
 it samples such weights. (An EDM-style ramp of the decay would avoid the
 problem but change every trained output; the note leaves training as it is.)
+
+:class:`PowerEMA` is the other averaging law, the power-function EMA of
+Karras et al. 2024 (EDM2), Sec. 3 / App. C: its averaging profile is
+``p_t(tau) = (gamma + 1) tau^gamma / t^(gamma + 1)`` on [0, t], a fixed shape
+stretched over the whole run, whose width relative to t is ``sigma_rel``
+(:func:`sigma_rel_to_gamma`). The trainer tracks a few of them so that
+:mod:`udm.training.posthoc` can reconstruct any other width after training.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from ..config import SIGMA_REL_MAX
 
 
 class EMA:
@@ -44,6 +55,10 @@ class EMA:
         if half_life is not None and half_life <= 0:
             raise ValueError(f"EMA half_life must be > 0 samples, got {half_life}")
         self.decay, self.half_life, self.rampup_ratio = decay, half_life, rampup_ratio
+        self._start(model)
+
+    def _start(self, model: nn.Module) -> None:
+        """The average before any update: a frozen copy of ``model``, all of it the initialisation."""
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.updates = 0
         self.init_share = 1.0
@@ -64,7 +79,7 @@ class EMA:
         self.updates += 1
         self.init_share *= beta
         ema_params = list(self.module.parameters())
-        params = [p.detach() for p in model.parameters()]
+        params = [p.detach().to(e.dtype) for e, p in zip(ema_params, model.parameters())]
         torch._foreach_lerp_(ema_params, params, 1.0 - beta)
         for b_ema, b in zip(self.module.buffers(), model.buffers()):
             b_ema.copy_(b)
@@ -86,6 +101,79 @@ class EMA:
             self.updates = state["updates"]
         if isinstance(state.get("init_share"), (int, float)):
             self.init_share = float(state["init_share"])
+
+
+def sigma_rel_to_gamma(sigma_rel: float) -> float:
+    """The exponent gamma of the power-function profile whose relative width is ``sigma_rel`` (EDM2, Sec. 3).
+
+    The profile ``p_t(tau) = (gamma + 1) tau^gamma / t^(gamma + 1)`` on [0, t]
+    has standard deviation ``sigma_rel * t`` with
+    ``sigma_rel^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3))``, i.e. gamma is a
+    root of ``gamma^3 + 7 gamma^2 + (16 - s^-2) gamma + (12 - s^-2)``. That cubic
+    has one root below -3 and two above -1 (the same width is reached once on
+    each side of its maximum, 0.3003 at gamma = (sqrt(5) - 3) / 2); the
+    largest root is the profile that favours recent weights. ``sigma_rel`` must
+    lie in (0, 1/sqrt(12)]: at 1/sqrt(12) gamma is 0, the uniform average of
+    the whole run (0.05 gives gamma 16.97, 0.10 gives 6.94).
+    """
+    sigma_rel = float(sigma_rel)
+    if not 0.0 < sigma_rel <= SIGMA_REL_MAX:
+        raise ValueError(f"sigma_rel must be in (0, {SIGMA_REL_MAX:.4f}] (1/sqrt(12) is the uniform average), got {sigma_rel}")
+    k = sigma_rel**-2
+    return max(0.0, float(np.roots([1.0, 7.0, 16.0 - k, 12.0 - k]).real.max()))
+
+
+def gamma_to_sigma_rel(gamma: float) -> float:
+    """The relative width of the power-function profile with exponent ``gamma`` >= 0 (inverse of :func:`sigma_rel_to_gamma`)."""
+    gamma = float(gamma)
+    if not gamma >= 0.0 or not math.isfinite(gamma):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+    return math.sqrt((gamma + 1.0) / ((gamma + 2.0) ** 2 * (gamma + 3.0)))
+
+
+def power_weights(t: int, gamma: float) -> np.ndarray:
+    """The weight of theta_k, k = 1..t, in :class:`PowerEMA`'s average after step t (float64, sums to 1).
+
+    ``(k^(gamma+1) - (k-1)^(gamma+1)) / t^(gamma+1)``: exactly the integral of
+    the continuous profile p_t over [k-1, k] (see :class:`PowerEMA`).
+    """
+    u = (np.arange(t + 1, dtype=np.float64) / t) ** (gamma + 1.0)
+    return np.diff(u)
+
+
+class PowerEMA(EMA):
+    """The power-function EMA of Karras et al. 2024 (EDM2), Sec. 3 / App. C, in float32.
+
+    After optimizer step t (t = 1, 2, ... counting applied steps only),
+    ``theta_ema <- beta_t theta_ema + (1 - beta_t) theta`` with
+    ``beta_t = (1 - 1/t)^(gamma + 1)``. Multiplying by t^(gamma+1) shows the
+    sum ``t^(gamma+1) theta_ema`` gains ``(t^(gamma+1) - (t-1)^(gamma+1)) theta_t``
+    at step t, so the weight of theta_k in the average after step t is
+    exactly ``(k^(gamma+1) - (k-1)^(gamma+1)) / t^(gamma+1)``, the integral of
+    the continuous profile ``p_t(tau) = (gamma+1) tau^gamma / t^(gamma+1)`` over
+    [k-1, k] (:func:`power_weights`). The average is therefore *exactly* the
+    integral of p_t against the piecewise-constant weight trajectory
+    theta(tau) = theta_k on (k-1, k], which is what lets
+    :mod:`udm.training.posthoc` recombine such averages through the L2 inner
+    products of their continuous profiles. beta_1 = 0: the initialisation
+    has no weight from the first step on.
+    """
+
+    def __init__(self, model: nn.Module, sigma_rel: float) -> None:
+        self.sigma_rel = float(sigma_rel)
+        self.gamma = sigma_rel_to_gamma(self.sigma_rel)
+        self.decay = self.half_life = self.rampup_ratio = None
+        self._start(model)
+        self.module.float()
+
+    def beta(self, batch_size: int = 1, samples_seen: int = 0) -> float:
+        """beta_t = (1 - 1/t)^(gamma + 1) for the coming update t = updates + 1 (the batch does not enter)."""
+        t = self.updates + 1
+        return (1.0 - 1.0 / t) ** (self.gamma + 1.0)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint records of this average (JSON): its width, exponent and number of updates."""
+        return {"sigma_rel": self.sigma_rel, "gamma": self.gamma, "updates": self.updates}
 
 
 #: the initial weights' share in the EMA above which sampling it earns a note

@@ -28,6 +28,11 @@ No fault loses work or leaves a run half-written:
   saved; ``skip`` drops that optimizer step (no update, no EMA, no time-sampler
   feedback) and counts it in the log's ``skipped`` column and the summary;
   :data:`MAX_CONSECUTIVE_SKIPS` skipped steps in a row are a divergence too.
+
+With ``train.posthoc_ema`` the trainer also tracks power-function EMAs
+(:mod:`udm.training.posthoc`): their state is in every checkpoint, and every
+``every`` steps a snapshot goes to ``RUN/posthoc_ema/``. Snapshots above the
+step a run resumes from are deleted (the rerun writes them again, bitwise).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from .checkpoint import (
 )
 from .ema import EMA
 from .experiment import Experiment, describe_data
+from .posthoc import SNAPSHOT_DIR, PosthocEMA, remove_stale_snapshots
 from .runlock import RunLock
 from .samples import save_samples
 
@@ -239,9 +245,10 @@ class Trainer:
 
     ``out_dir`` receives ``config.yaml``, ``checkpoints/step_*/`` (see
     :mod:`udm.training.checkpoint`), ``log.csv`` (or ``log.jsonl``), when
-    ``train.sample_every`` > 0 ``samples/step_*.png``, and while training the
-    lock ``.lock``. Nothing is written until every input has been checked
-    (module docstring).
+    ``train.sample_every`` > 0 ``samples/step_*.png``, with ``train.posthoc_ema``
+    ``posthoc_ema/snapshot_*.safetensors``, and while training the lock
+    ``.lock``. Nothing is written until every input has been checked (module
+    docstring).
 
     With ``resume``, ``train.steps`` must be above the checkpoint's step: a
     lower value is a ConfigError, and so is an equal one (the run is complete)
@@ -325,6 +332,8 @@ class Trainer:
         )
         ema_cfg = self.tc["ema"]
         self.ema = EMA(self.net, ema_cfg.get("decay"), ema_cfg.get("half_life"), ema_cfg.get("rampup_ratio")) if ema_cfg else None
+        posthoc_cfg = self.tc.get("posthoc_ema")
+        self.posthoc = PosthocEMA(self.net, posthoc_cfg["sigma_rels"]) if posthoc_cfg else None
         self.step = 0
         self.recent_loss: float | None = None
         self.skipped = 0  # optimizer steps skipped for a non-finite loss (train.on_nonfinite: skip), over the whole run
@@ -379,10 +388,10 @@ class Trainer:
             return
         self._lock = RunLock(self.out).acquire()
         left = remove_orphans(self.ckpt_dir)
-        for name in ("config.yaml", "log.csv", "log.jsonl"):
-            for tmp in self.out.glob(f".{name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
-                left.append(tmp.name)
+        temporary = [tmp for name in ("config.yaml", "log.csv", "log.jsonl") for tmp in self.out.glob(f".{name}.*.tmp")]
+        for tmp in temporary + sorted((self.out / SNAPSHOT_DIR).glob(".snapshot_*.tmp")):
+            tmp.unlink(missing_ok=True)
+            left.append(tmp.name)
         if left:
             _note(f"{self.out}: removed what an interrupted run left unfinished: {', '.join(left)}")
 
@@ -393,6 +402,10 @@ class Trainer:
             raise ConfigError(f"{self.out} already holds a training run (another process started it meanwhile); "
                               "pass --resume to continue it or choose another --out")
         write_atomic(self.out / "config.yaml", dump(self.config).encode())
+        stale = remove_stale_snapshots(self.out, self._saved_step or 0)
+        if stale:
+            _note(f"{self.out / SNAPSHOT_DIR}: removed {len(stale)} post-hoc EMA snapshot(s) after step {self._saved_step or 0}, "
+                  f"the checkpoint's ({stale[0]}..{stale[-1]}); training writes them again")
         self.log = RunLog(self.out / f"log.{self.tc['log_format']}", self.tc["log_format"], log_rows)
         self._opened = True
 
@@ -576,6 +589,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.net, self.tc["batch_size"], (step + 1) * self.tc["batch_size"])
+        if self.posthoc is not None:
+            self.posthoc.update(self.net)
         if self.loss.time_sampler.learns:
             self.loss.time_sampler.observe(self.process, t, distributed.gather(objective, self.info))
         if len(self._pending) >= _PENDING_LIMIT:
@@ -688,6 +703,8 @@ class Trainer:
                     if self.tc["sample_every"] and self.step % self.tc["sample_every"] == 0:
                         self.check_finite()
                         self.write_samples(self.out / "samples" / f"step_{self.step:07d}")
+                    if self.posthoc is not None and self.step % self.tc["posthoc_ema"]["every"] == 0:
+                        self.write_snapshot()
                     if stopping:
                         raise self._interrupted(stop.signum or signal.SIGTERM)
                     if self.step % self.tc["ckpt_every"] == 0 and self.step < steps:
@@ -751,6 +768,8 @@ class Trainer:
         groups = {"model": self.net.state_dict(), "optimizer": opt_tensors}
         if self.ema is not None:
             groups["ema"] = self.ema.module.state_dict()
+        if self.posthoc is not None:
+            groups["power_ema"] = self.posthoc.tensors()
         sampler_state = self.loss.state_dict()
         if sampler_state:
             groups["time_sampler"] = sampler_state
@@ -784,6 +803,8 @@ class Trainer:
                 }
                 if self.ema is not None:
                     meta["ema"] = self.ema.state()
+                if self.posthoc is not None:
+                    meta["posthoc_ema"] = self.posthoc.state()
                 path = save_checkpoint(self.ckpt_dir, self.step, groups, meta, keep=self.tc["keep_checkpoints"])
             except Exception as e:
                 error = e
@@ -794,6 +815,16 @@ class Trainer:
         if path is not None:
             self._last_ckpt = path
         return path
+
+    def write_snapshot(self) -> Path | None:
+        """Write the post-hoc EMA snapshot of the current step (main rank; none before the first applied step).
+
+        Weights from a step with a non-finite loss are refused first (:meth:`check_finite`).
+        """
+        self.check_finite()
+        if not self.info.is_main or self.posthoc is None or self.posthoc.updates == 0:
+            return None
+        return self.posthoc.write_snapshot(self.out, self.step)
 
     def _init_from(self, path: str) -> None:
         """Start from another run's weights (its EMA copy if it has one), e.g. reflow's 2-rectified flow from the 1-rectified.
@@ -829,6 +860,8 @@ class Trainer:
             ema_state = ckpt.meta.get("ema")
             if isinstance(ema_state, dict):
                 self.ema.load_state(ema_state)
+        if self.posthoc is not None:
+            self.posthoc.load(ckpt)
         self._load_optimizer(ckpt)
         if "time_sampler" in ckpt.tensors:
             try:
