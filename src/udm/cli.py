@@ -1,4 +1,4 @@
-"""The ``udm`` command: train, sample, eval, export, check, list, demo (``python -m udm`` is the same).
+"""The ``udm`` command: train, sample, eval, ema, export, check, list, demo (``python -m udm`` is the same).
 
 Every user error (a bad config key, a missing file, a damaged checkpoint, data
 the network cannot take) ends in one line ``udm: error: ...`` on stderr and
@@ -434,17 +434,80 @@ def _nll_metrics(denoiser, test, n: int, args: argparse.Namespace) -> dict:
     return out
 
 
+def _seed_range(args: argparse.Namespace) -> tuple[int, int | None]:
+    """(first seed, count or None) from ``--seeds A-B`` (sample i uses seed A + i, B included) or ``--seed``."""
+    if args.seeds is None:
+        return args.seed, None
+    first, sep, last = args.seeds.partition("-")
+    if not (sep and first.isdigit() and last.isdigit() and int(last) >= int(first)):
+        raise ConfigError(f"--seeds {args.seeds!r} is not a range A-B of seeds with 0 <= A <= B; e.g. --seeds 0-9999")
+    count = int(last) - int(first) + 1
+    if args.n is not None and args.n != count:
+        raise ConfigError(f"--n {args.n} disagrees with --seeds {args.seeds} ({count} seeds); give one of them")
+    if args.seed != 0:
+        raise ConfigError("--seed and --seeds both choose the sample seeds; give one of them")
+    return int(first), count
+
+
+def _feature_network(src: ModelSource, args: argparse.Namespace):
+    """The pinned feature network of ``--features`` for ``--metrics``, checked against the source's data shape."""
+    from .evaluate import FEATURE_METRICS
+    from .features import FEATURES, load_feature_network
+
+    if args.nll:
+        raise ConfigError("--metrics scores samples and --nll scores held-out data; run them as two commands")
+    if not src.generative:
+        raise ConfigError(f"--metrics scores samples; {src.name} is a {src.run_kind} run and draws none")
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not names:
+        raise ConfigError(f"--metrics needs at least one of {', '.join(FEATURE_METRICS.names())}, comma-separated")
+    for name in names:
+        if name not in FEATURE_METRICS:
+            raise ConfigError(f"--metrics: unknown metric {name!r}; choose from {', '.join(FEATURE_METRICS.names())}")
+    if args.features is None:
+        raise ConfigError(f"--metrics needs --features NAME, the pinned network whose features are compared; one of {', '.join(FEATURES.names())}")
+    network = load_feature_network(args.features, device=args.device)
+    if not network.accepts(tuple(src.shape)):
+        raise ConfigError(f"feature network {network.name!r} takes {network.expected_input()}, but {src.name} draws samples of shape "
+                          f"{tuple(src.shape)}; pick a network for this data (`udm list`: feature networks)")
+    return names, network
+
+
+def _print_feature_table(result: dict[str, Any]) -> None:
+    """The feature metrics as a table: value, standard error, floor and its spread; then the protocol."""
+    print(f"{'metric':<10} {'value':>12} {'stderr':>12} {'floor':>12} {'floor_std':>12}")
+    for name, row in result["rows"].items():
+        cells = [row["value"], row["stderr"], row["floor"], row["floor_std"]]
+        print(f"{name:<10} " + " ".join(f"{'-':>12}" if c is None else f"{c:>12.6g}" for c in cells))
+    classes = result.get("classes")
+    if classes:
+        s = classes["samples"]
+        print(f"classes: confident {s['confident_fraction']:.4f} (floor {classes['floor_confident_fraction']:.4f}), "
+              f"class TV {s['class_tv']:.4f} (floor {classes['floor_class_tv']:.4f})"
+              + (f", network accuracy on the reference {classes['reference_accuracy']:.4f}" if "reference_accuracy" in classes else ""))
+    proto = result["protocol"]
+    feats = proto["features"]
+    print(f"protocol: features {feats['name']} (sha256 {feats['sha256'][:16]}...), n {proto['n']}, reference {proto['reference']}; "
+          f"floor {proto['floor']}; samples {result['sampling']}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .atomic import write_atomic
-    from .evaluate import draw_samples, sample_metrics
+    from .evaluate import draw_samples, feature_metrics, sample_metrics
 
     if args.out is not None:
         check_writable(args.out, "--out", folder=False)
+    seed, count = _seed_range(args)
     src = _source(args)
     train, test = src.splits()
-    n = args.n if args.n is not None else min(src.sample["eval_n"] if not args.nll else 256, len(test))
+    n = count if count is not None else args.n if args.n is not None else min(src.sample["eval_n"] if not args.nll else 256, len(test))
     if n > len(test):
         raise ConfigError(f"--n {n} is more than the {len(test)} held-out samples of {test.name!r}; use --n {len(test)} or fewer")
+    if args.metrics is None and args.features is not None:
+        raise ConfigError("--features chooses the network of --metrics; add --metrics fd,kid,pr")
+    chosen = _feature_network(src, args) if args.metrics is not None else None
+    if chosen is not None and n > len(train):
+        raise ConfigError(f"the floor needs {n} training images and {train.name!r} has {len(train)}; use --n {len(train)} or fewer")
     metrics = dict(src.provenance)
     model = src.model
     if not src.generative:
@@ -457,15 +520,155 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics.update(_nll_metrics(model, test, n, args))
     else:
         sampler, steps, options, grid = _sampling(src, args)
+        out = Path(args.out) if args.out else None
+        if chosen is not None and out is None:
+            out = src.default_out.parent / "eval" / f"{args.features}_{sampler}_{steps}steps_seeds{seed}-{seed + n - 1}.json"
+            check_writable(str(out), "the metrics file", folder=False)
         _note(src)
-        x, nfe = draw_samples(model, src.shape, n, sampler, steps, seed=args.seed, grid=grid, device=args.device,
+        x, nfe = draw_samples(model, src.shape, n, sampler, steps, seed=seed, grid=grid, device=args.device,
                               progress=not args.quiet, **options)
+        sampling = {"sampler": sampler, "steps": steps, "nfe": nfe, "seeds": f"{seed}-{seed + n - 1}", "options": options}
+        if chosen is not None:
+            names, network = chosen
+            result = feature_metrics(x, test, train, network, names, seed=args.seed, floor_repeats=args.floor_repeats,
+                                     progress=not args.quiet)
+            metrics.update(sampling=sampling, **result)
+            _print_feature_table(metrics)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(out, json.dumps(metrics, indent=1).encode())
+            print(out)
+            return 0
         metrics.update(sampler=sampler, steps=steps, nfe=nfe, **sample_metrics(x, test, train, model=model, progress=not args.quiet))
     text = json.dumps(metrics, indent=1)
     print(text)
     if args.out:
         write_atomic(Path(args.out), text.encode())
     return 0
+
+
+#: the widths ``udm ema --sweep`` tries when --sigma-rel is not given
+SWEEP_SIGMA_RELS = (0.025, 0.05, 0.075, 0.1, 0.15, 0.2)
+#: what ``udm ema --sweep --metric`` can rank by (lower is better for each)
+SWEEP_METRICS = ("fd", "kid", "nll")
+
+
+def cmd_ema(args: argparse.Namespace) -> int:
+    """Post-hoc EMA (Karras et al. 2024, EDM2, App. C.2): reconstruct each width from a run's snapshots and write it as a checkpoint.
+
+    Every input is checked before the first folder is written; one line per
+    width says what was reconstructed and where (docs/posthoc_ema.md). With
+    ``--sweep`` each width is then scored (a feature metric of its samples, or
+    the held-out NLL) and the best one is named.
+    """
+    from .training import reconstruct_posthoc, write_posthoc
+
+    if args.out is not None:
+        check_writable(args.out, "--out", folder=True)
+    widths = args.sigma_rel
+    if widths is None:
+        if not args.sweep:
+            raise ConfigError("give the widths to reconstruct with --sigma-rel (e.g. 0.05,0.1,0.15), or --sweep to try several")
+        widths = list(SWEEP_SIGMA_RELS)
+    scorer = _sweep_scorer(args) if args.sweep else None
+    if scorer is None:
+        for flag in ("metric", "features", "n", "seeds", "sampler", "steps"):
+            if getattr(args, flag) is not None:
+                raise ConfigError(f"--{flag} applies to --sweep; add --sweep to score the widths")
+    reconstructions = reconstruct_posthoc(args.run, widths, step=args.step)
+    paths = write_posthoc(args.run, reconstructions, out=args.out)
+    for sigma_rel, rec in reconstructions.items():
+        steps = rec.snapshot_steps
+        print(f"sigma_rel {sigma_rel:g}  gamma {rec.gamma:.4g}  step {rec.step}  snapshots {len(steps)} (steps {steps[0]}..{steps[-1]})  "
+              f"residual {rec.residual:.2e}  {paths[sigma_rel]}")
+    if scorer is not None:
+        _sweep(args, scorer, reconstructions, paths)
+    return 0
+
+
+def _sweep_scorer(args: argparse.Namespace) -> Callable[[Path], tuple[float, float | None, dict[str, Any]]]:
+    """Check the ``--sweep`` flags against the run (before anything is written) and return width folder -> (value, stderr, record)."""
+    from . import sources
+    from .evaluate import FEATURE_METRICS, FeatureReference, draw_samples
+
+    if args.metric is None:
+        raise ConfigError(f"--sweep needs --metric, one of {', '.join(SWEEP_METRICS)} (lower is better)")
+    if args.metric not in SWEEP_METRICS:
+        raise ConfigError(f"--metric {args.metric!r} cannot rank widths; choose one of {', '.join(SWEEP_METRICS)}")
+    args.nll = args.metric == "nll"
+    if args.nll and args.features is not None:
+        raise ConfigError("--features applies to --metric fd or kid; --metric nll scores held-out data without features")
+    args.metrics = None if args.nll else args.metric
+    seed, count = _seed_range(args)
+    check_device("--device", args.device)
+    src = sources.from_run(args.run, device=args.device)
+    _require_generative(src)
+    train, test = src.splits()
+    n = count if count is not None else args.n if args.n is not None else min(256 if args.nll else src.sample["eval_n"], len(test))
+    if n > len(test):
+        raise ConfigError(f"--n {n} is more than the {len(test)} held-out samples of {test.name!r}; use --n {len(test)} or fewer")
+    if args.nll:
+        return lambda path: _sweep_nll(path, test, n, args)
+    _, network = _feature_network(src, args)
+    sampler, steps, options, grid = _sampling(src, args)
+    reference = FeatureReference(network, test, train, n, seed=0, floor_repeats=1, progress=not args.quiet)
+
+    def score(path: Path) -> tuple[float, float | None, dict[str, Any]]:
+        model = sources.from_run(str(path), device=args.device).model
+        x, nfe = draw_samples(model, src.shape, n, sampler, steps, seed=seed, grid=grid, device=args.device,
+                              progress=not args.quiet, **options)
+        result = reference.score(x, FEATURE_METRICS.names())
+        row = result["rows"][args.metric]
+        sampling = {"sampler": sampler, "steps": steps, "nfe": nfe, "seeds": f"{seed}-{seed + n - 1}"}
+        return row["value"], row["stderr"], {"sampling": sampling, **result}
+
+    return score
+
+
+def _sweep_nll(path: Path, test, n: int, args: argparse.Namespace) -> tuple[float, float | None, dict[str, Any]]:
+    """The held-out NLL of one width's weights (bits/dim for images, nats/dim otherwise) with its standard error."""
+    from . import sources
+
+    result = _nll_metrics(sources.from_run(str(path), device=args.device).model, test, n, args)
+    if "bits_per_dim" in result:
+        return result["bits_per_dim"], result["bits_per_dim_stderr"], result
+    dim = test.x[0].numel()
+    return result["nll_nats_per_dim"], result["nll_nats_stderr"] / dim, result
+
+
+def _sweep(args: argparse.Namespace, scorer, reconstructions, paths) -> None:
+    """Score every reconstructed width, print the table with the best marked, and write it as JSON beside the widths."""
+    from .atomic import write_atomic
+
+    rows = []
+    for sigma_rel, rec in reconstructions.items():
+        value, stderr, record = scorer(paths[sigma_rel])
+        rows.append({"sigma_rel": sigma_rel, "gamma": rec.gamma, "value": value, "stderr": stderr, "path": str(paths[sigma_rel]),
+                     "result": record})
+    best = min(rows, key=lambda r: r["value"])
+    print(f"\n{'sigma_rel':>9} {'gamma':>8} {args.metric:>12} {'stderr':>12}")
+    for r in rows:
+        err = "-" if r["stderr"] is None else f"{r['stderr']:.4g}"
+        print(f"{r['sigma_rel']:>9g} {r['gamma']:>8.4g} {r['value']:>12.6g} {err:>12}" + ("  <- best" if r is best else ""))
+    out = Path(best["path"]).parent.parent / f"sweep_{args.metric}_step{reconstructions[best['sigma_rel']].step}.json"
+    write_atomic(out, json.dumps({"metric": args.metric, "best": best["sigma_rel"], "rows": rows}, indent=1).encode())
+    print(f"best sigma_rel {best['sigma_rel']:g} ({args.metric} {best['value']:.6g}): {best['path']}")
+    print(out)
+
+
+def _sigma_rels(text: str) -> list[float]:
+    """An argparse type: comma-separated post-hoc EMA widths, each in (0, 1/sqrt(12)]."""
+    from .config import SIGMA_REL_MAX
+
+    widths = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r} is not a number; give widths such as 0.05,0.1") from None
+        if not 0.0 < value <= SIGMA_REL_MAX:
+            raise argparse.ArgumentTypeError(f"{item.strip()} is out of range; each width must lie in (0, {SIGMA_REL_MAX:.4f}]")
+        widths.append(value)
+    return widths
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -510,6 +713,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .samplers import GRIDS, SAMPLERS
     from .demo import PROCESS_DEMOS
     from .checks import CHECK_CASES
+    from .evaluate import FEATURE_METRICS
+    from .features import FEATURES
 
     rows = [
         ("processes", PROCESSES.names()),
@@ -525,6 +730,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         ("configs", bundled_configs()),
         ("demo processes", PROCESS_DEMOS.names()),
         ("check cases", CHECK_CASES.names()),
+        ("feature networks", FEATURES.names()),
+        ("feature metrics", FEATURE_METRICS.names()),
     ]
     for kind, names in rows:
         print(f"{kind + ':':<20}{', '.join(names)}")
@@ -575,7 +782,7 @@ _FINITE = _number(float)
 def build_parser() -> argparse.ArgumentParser:
     """The ``udm`` argument parser; every option has help text and a checked type and range."""
     parser = _Parser(prog="udm", description="udm: unified diffusion models (train, sample, evaluate)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,export,check,list,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,ema,export,check,list,demo}")
 
     p = sub.add_parser("train", help="train the model a YAML config describes")
     p.add_argument("config", help="a YAML file, or the bare name of a bundled config (see `udm list`)")
@@ -608,6 +815,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         if name == "eval":
             p.add_argument("--data", default=None, help="with --from: the dataset to score against (see `udm list`; same sample shape)")
+            p.add_argument("--metrics", default=None, metavar="LIST",
+                           help="feature metrics of the samples, comma-separated: fd, kid, pr (precision/recall); "
+                                "prints a table with floors and writes JSON beside the run (or to --out)")
+            p.add_argument("--features", default=None, metavar="NAME",
+                           help="with --metrics: the pinned feature network (mnist-cnn, digits-mlp, inception-v3; see `udm list`)")
+            p.add_argument("--seeds", default=None, metavar="A-B", help="sample seeds A..B (sample i uses seed A + i; n = B - A + 1)")
+            p.add_argument("--floor-repeats", type=_COUNT, default=5,
+                           help="with --metrics: random sets of n training images each floor averages (default 5)")
             p.add_argument("--nll", action="store_true", help="negative log-likelihood through the PF-ODE (bits/dim for images)")
             p.add_argument("--divergence", choices=("hutchinson", "exact"), default="hutchinson", help="divergence for --nll")
             p.add_argument("--probes", type=_COUNT, default=1, help="Hutchinson probes per sample for --nll")
@@ -638,6 +853,24 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"text models: TEXT of exactly the model's sequence length; each {BLANK} is a character to "
                                 f"generate, every other character is kept ({BLANK} always means a blank)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("ema", help="post-hoc EMA: reconstruct EMA widths from a run's snapshots (train.posthoc_ema)")
+    p.add_argument("run", help="a run folder trained with train.posthoc_ema")
+    p.add_argument("--sigma-rel", type=_sigma_rels, default=None, metavar="S[,S...]",
+                   help="the EMA widths to reconstruct (relative to training length), e.g. 0.05,0.1,0.15 "
+                        f"(with --sweep default {','.join(f'{s:g}' for s in SWEEP_SIGMA_RELS)})")
+    p.add_argument("--step", type=_COUNT, default=None, help="the snapshot step to reconstruct at (default: the last snapshot)")
+    p.add_argument("--out", default=None, help="folder for the sigma_rel_*/ checkpoints (default RUN/posthoc_ema)")
+    p.add_argument("--sweep", action="store_true", help="score every width with --metric and name the best (lowest)")
+    p.add_argument("--metric", default=None, help=f"with --sweep: {', '.join(SWEEP_METRICS)} (fd/kid of samples need --features)")
+    p.add_argument("--features", default=None, metavar="NAME", help="with --sweep --metric fd|kid: the pinned feature network")
+    p.add_argument("--n", type=_COUNT, default=None, help="with --sweep: samples per width (fd, kid) or held-out points (nll)")
+    p.add_argument("--seeds", default=None, metavar="A-B", help="with --sweep: sample seeds A..B (n = B - A + 1)")
+    p.add_argument("--sampler", default=None, help="with --sweep: the sampler (default: the run's sample.sampler)")
+    p.add_argument("--steps", type=_COUNT, default=None, help="with --sweep: sampler steps (default: the run's sample.steps)")
+    p.add_argument("--device", default=None, help="device to run the model on (cpu, cuda, ...; default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ema, seed=0, grid=None, divergence="hutchinson", probes=1, rtol=1e-5, nll=False, metrics=None)
 
     p = sub.add_parser("export", help="write a udm run as a folder another library loads (diffusers)")
     p.add_argument("checkpoint", help="a checkpoint folder, a checkpoints/ folder or a run folder (latest checkpoint)")

@@ -96,7 +96,7 @@ def run_demo(
     if not quick:
         trainer, x, path = train_and_sample("demo_digits", out, steps, progress, n=500)
         digits = sample_metrics(x[: len(trainer.exp.test_data)], trainer.exp.test_data, trainer.exp.train_data)
-        digits.update(classifier_scores(x, trainer.exp.train_data))
+        digits.update(classifier_scores(x))
         digits["train_steps"] = trainer.step
         metrics["digits"] = digits
         save_image_grid(x[:100], out / "digits_samples.png", nrow=10, scale=5)
@@ -141,9 +141,8 @@ def cold_demo(
         )
     metrics: dict[str, Any] = {"config": config, "train_steps": trainer.step, "sampler_steps": sc["steps"]}
     grids = []
-    reference = trainer.exp.train_data.subset(slice(0, 10_000))  # the classifier's training set (all of digits)
     for label, sampler, x in (("naive", "udm_baseline", naive), ("improved", "udm_deterministic", improved)):
-        metrics[label] = {"sampler": sampler, **classifier_scores(x.cpu(), reference)}
+        metrics[label] = {"sampler": sampler, **classifier_scores(x.cpu())}
         grids.append(x[:50].cpu())
         print(f"{config} {label:>8} ({sampler}): {100 * metrics[label]['confident_fraction']:.1f}% of samples labelled "
               f"with probability >= 0.9, class-histogram TV from uniform {metrics[label]['class_tv']:.3f}")

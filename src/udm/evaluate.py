@@ -27,15 +27,17 @@ images), so its floor uses one subset unless asked for more.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from . import rng
 from .data import Dataset
-from .metrics import mean_cov_error, mmd, sliced_wasserstein
+from .features import FeatureNetwork, load_feature_network
+from .metrics import frechet_distance, frechet_stderr, kid, mean_cov_error, mmd, precision_recall, sliced_wasserstein
 from .processes.base import ELBOWeighted, TokenProcess, require
+from .registry import Registry
 from .samplers import sample
 
 Tensor = torch.Tensor
@@ -322,28 +324,179 @@ def sample_metrics(
     return continuous_metrics(samples, test, train, seed, floor_repeats=floor_repeats)
 
 
-def classifier_scores(samples: torch.Tensor, train: Dataset, threshold: float = 0.9, seed: int = 0) -> dict[str, Any]:
-    """How a classifier trained on real labelled data sees the samples (a cheap stand-in for a feature FID).
+#: a feature metric: (reference features, compared features, seed, with standard errors) -> {row name: (value, stderr)}
+FeatureMetric = Callable[[Tensor, Tensor, int, bool], dict[str, tuple[float, float | None]]]
+#: Metrics on a feature network's features (``udm eval --metrics``), by name.
+FEATURE_METRICS: Registry[FeatureMetric] = Registry("feature metric")
+#: bootstrap resamples behind the Fréchet distance's standard error
+FD_RESAMPLES = 10
+#: neighbours of the k-NN manifolds behind precision and recall (Kynkäänniemi et al. 2019)
+PR_NEIGHBOURS = 3
+#: a sample counts as recognisable when the feature network's top class probability is at least this
+CONFIDENCE = 0.9
 
-    A scikit-learn MLP classifier is fit on ``train`` (flattened pixels). Returns
-    ``confident_fraction`` (share of samples whose top class probability is >=
-    ``threshold``: recognisable samples), ``class_tv`` (total variation between
-    the predicted-class histogram and the uniform law: coverage of all classes)
-    and the histogram itself.
+
+@FEATURE_METRICS.register("fd")
+def _fd(real: Tensor, other: Tensor, seed: int, stderr: bool) -> dict[str, tuple[float, float | None]]:
+    """Fréchet distance between Gaussians fitted to the features (FID's formula), with a bootstrap standard error."""
+    error = frechet_stderr(other, real, resamples=FD_RESAMPLES, generator=seed) if stderr else None
+    return {"fd": (frechet_distance(other, real), error)}
+
+
+@FEATURE_METRICS.register("kid")
+def _kid(real: Tensor, other: Tensor, seed: int, stderr: bool) -> dict[str, tuple[float, float | None]]:
+    """Kernel Inception Distance on all points (unbiased), with its jackknife standard error."""
+    k = kid(other, real)
+    return {"kid": (k.value, k.stderr)}
+
+
+@FEATURE_METRICS.register("pr")
+def _pr(real: Tensor, other: Tensor, seed: int, stderr: bool) -> dict[str, tuple[float, float | None]]:
+    """Precision (fidelity) and recall (coverage) by k-NN manifolds, with binomial standard errors."""
+    pr = precision_recall(real, other, k=PR_NEIGHBOURS)
+    return {"precision": (pr.precision, pr.precision_stderr), "recall": (pr.recall, pr.recall_stderr)}
+
+
+def class_scores(network: FeatureNetwork, images: Tensor, reference_labels: Tensor | None = None) -> dict[str, Any]:
+    """How a pinned classifier (a feature network with logits) sees ``images``: recognisable, and in what proportions.
+
+    ``confident_fraction`` is the share whose top class probability is at least
+    :data:`CONFIDENCE`; ``class_histogram`` the predicted classes' shares;
+    ``class_tv`` the total variation between that histogram and the uniform law
+    (or, given ``reference_labels``, the histogram of those labels, e.g. the
+    held-out set's, whose classes need not be balanced).
     """
-    from sklearn.neural_network import MLPClassifier
-
-    if train.y is None or train.num_classes is None:
-        raise ValueError(f"classifier scores need labelled data; {train.name!r} has no labels")
-    clf = MLPClassifier(hidden_layer_sizes=(256,), max_iter=500, random_state=seed)
-    clf.fit(train.x.flatten(1).numpy(), train.y.numpy())
-    prob = clf.predict_proba(samples.flatten(1).double().numpy())
-    top = prob.max(1)
-    counts = torch.bincount(torch.as_tensor(clf.classes_[prob.argmax(1)]), minlength=train.num_classes).double()
-    hist = counts / counts.sum()
+    if network.num_classes is None:
+        raise ValueError(f"feature network {network.name!r} has no class logits; use one that does (udm list)")
+    prob = network.logits(images).softmax(1)
+    classes = network.num_classes
+    hist = torch.bincount(prob.argmax(1).cpu(), minlength=classes).double() / len(images)
+    target = torch.full((classes,), 1.0 / classes, dtype=torch.float64)
+    if reference_labels is not None:
+        target = torch.bincount(reference_labels.cpu().long(), minlength=classes).double() / len(reference_labels)
     return {
-        "confident_fraction": float((top >= threshold).mean()),
-        "class_tv": float(0.5 * (hist - 1.0 / train.num_classes).abs().sum()),
+        "confident_fraction": float((prob.max(1).values >= CONFIDENCE).double().mean()),
+        "class_tv": float(0.5 * (hist - target).abs().sum()),
         "class_histogram": [round(float(h), 4) for h in hist],
-        "classifier_threshold": threshold,
+        "classifier_threshold": CONFIDENCE,
     }
+
+
+def classifier_scores(samples: Tensor, network: str = "digits-mlp") -> dict[str, Any]:
+    """:func:`class_scores` of the pinned feature network ``network`` (default the digits classifier), TV to uniform."""
+    return class_scores(load_feature_network(network), samples)
+
+
+class FeatureReference:
+    """The real side of the feature metrics, computed once: the reference set's features and the floor sets'.
+
+    The reference set is the first n held-out images. The floor sets are
+    ``floor_repeats`` random sets of n training images (disjoint from the
+    held-out ones; drawn with ``torch.randperm`` from a generator seeded
+    ``seed``). :meth:`score` then compares any number of sample sets (e.g. one
+    per EMA width) with the same reference and the same floors.
+    """
+
+    def __init__(
+        self, network: FeatureNetwork, test: Dataset, train: Dataset, n: int, *, seed: int = 0,
+        floor_repeats: int = FLOOR_REPEATS, progress: bool = False,
+    ) -> None:
+        _check_sizes(n, test, train)
+        if int(floor_repeats) != floor_repeats or floor_repeats < 1:
+            raise ValueError(f"floor_repeats must be an integer >= 1, got {floor_repeats!r}")
+        self.network, self.n, self.seed, self.test_name = network, n, seed, test.name
+        gen = torch.Generator().manual_seed(seed)
+        floor_sets = [torch.randperm(len(train), generator=gen)[:n] for _ in range(int(floor_repeats))]
+        with _bar(progress, n * (1 + len(floor_sets)), f"reference features ({network.name})", "image") as bar:
+            self.real = network.features(test.x[:n])
+            bar.update(n)
+            self.floors = []
+            for idx in floor_sets:
+                self.floors.append(network.features(train.x[idx]))
+                bar.update(n)
+        self.labels = test.y[:n] if test.y is not None else None
+        self.classes: dict[str, Any] | None = None
+        if network.num_classes is not None:
+            train_scores = [class_scores(network, train.x[idx], self.labels) for idx in floor_sets]
+            self.classes = {
+                "floor_confident_fraction": sum(s["confident_fraction"] for s in train_scores) / len(train_scores),
+                "floor_class_tv": sum(s["class_tv"] for s in train_scores) / len(train_scores),
+            }
+            if self.labels is not None:
+                predicted = network.logits(test.x[:n]).argmax(1).cpu()
+                self.classes["reference_accuracy"] = float((predicted == self.labels.cpu()).double().mean())
+        self._floors: dict[str, dict[str, dict[str, float]]] = {}
+
+    def floor(self, metric: str) -> dict[str, dict[str, float]]:
+        """{row: {floor, floor_std}} of ``metric``: its mean and spread over the floor sets (computed once per metric)."""
+        if metric not in self._floors:
+            values: dict[str, list[float]] = {}
+            for f in self.floors:
+                for name, (value, _) in FEATURE_METRICS.get(metric)(self.real, f, self.seed, False).items():
+                    values.setdefault(name, []).append(value)
+            self._floors[metric] = {
+                name: {"floor": sum(vs) / len(vs), "floor_std": float(torch.tensor(vs, dtype=torch.float64).std()) if len(vs) > 1 else 0.0}
+                for name, vs in values.items()
+            }
+        return self._floors[metric]
+
+    def score(self, samples: Tensor, metrics: Sequence[str] = ("fd", "kid", "pr"), *, progress: bool = False) -> dict[str, Any]:
+        """Every metric of ``metrics`` on ``samples`` (n of them) beside its floor, the class scores, and the protocol.
+
+        Returns ``{"n", "rows": {name: {value, stderr, floor, floor_std}}, "classes" (with a classifier network),
+        "protocol"}``.
+        """
+        if samples.shape[0] != self.n:
+            raise ValueError(f"the reference was built for {self.n} samples, got {samples.shape[0]}; build one for this n")
+        chosen = {name: FEATURE_METRICS.get(name) for name in metrics}
+        with _bar(progress, self.n, f"sample features ({self.network.name})", "image") as bar:
+            fake = self.network.features(samples)
+            bar.update(self.n)
+        rows: dict[str, dict[str, float | None]] = {}
+        for metric, fn in chosen.items():
+            for name, (value, stderr) in fn(self.real, fake, self.seed, True).items():
+                rows[name] = {"value": value, "stderr": stderr}
+            for name, floor in self.floor(metric).items():
+                rows[name].update(floor)
+        out: dict[str, Any] = {"n": self.n, "rows": rows}
+        if self.classes is not None:
+            out["classes"] = {"samples": class_scores(self.network, samples, self.labels), **self.classes}
+        out["protocol"] = {
+            "features": self.network.protocol(),
+            "metrics": {name: " ".join(fn.__doc__.split()) for name, fn in chosen.items()},
+            "n": self.n,
+            "reference": f"{self.test_name}: held-out split, first {self.n}",
+            "floor": f"{len(self.floors)} random sets of {self.n} training images (torch.randperm, seed {self.seed}) "
+                     "against the same reference",
+            "fd_bootstrap_resamples": FD_RESAMPLES,
+            "pr_neighbours": PR_NEIGHBOURS,
+            "kid": "unbiased U-statistic on all points, kernel (a.b / d + 1)^3, jackknife standard error",
+        }
+        return out
+
+
+def feature_metrics(
+    samples: Tensor,
+    test: Dataset,
+    train: Dataset,
+    network: FeatureNetwork,
+    metrics: Sequence[str] = ("fd", "kid", "pr"),
+    *,
+    seed: int = 0,
+    floor_repeats: int = FLOOR_REPEATS,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Feature-space metrics of ``samples`` against held-out data, each beside its floor, with the whole protocol.
+
+    Every metric in ``metrics`` (:data:`FEATURE_METRICS`) is computed on
+    ``network``'s features of the samples against those of the first n held-out
+    images (n = the number of samples), with a standard error; ``floor`` is the
+    mean of the same metric for ``floor_repeats`` random sets of n training
+    images against that reference, the value a perfect model reaches at this n,
+    and ``floor_std`` its spread. With a classifier network the class scores
+    (:func:`class_scores`, TV to the reference labels) are added for the
+    samples and the floor sets, with the network's accuracy on the reference.
+    See :class:`FeatureReference` to score several sample sets against one reference.
+    """
+    reference = FeatureReference(network, test, train, samples.shape[0], seed=seed, floor_repeats=floor_repeats, progress=progress)
+    return reference.score(samples, metrics, progress=progress)
