@@ -222,3 +222,17 @@ def test_inception_features() -> None:
     with pytest.raises(ValueError, match="has no class logits"):
         net.logits(rgb)
     assert net.protocol()["sha256"] == inception.SHA256 and "299x299" in net.protocol()["input_transform"]
+
+
+@needs_inception
+@needs_mnist
+def test_inception_frechet_distance_is_zero_on_a_set_and_sees_blur_above_the_floor() -> None:
+    """FD on Inception features of MNIST digits (grey, repeated to RGB): 0 for a set against itself, and a blurred
+    copy of the set is farther than another set of real digits (the floor at this n)."""
+    net = load_feature_network("inception-v3")
+    test = mnist(split="test", limit=48)
+    a, b = net.features(test.x[:24]), net.features(test.x[24:])
+    blurred = net.features(F.avg_pool2d(test.x[:24], 5, 1, 2, count_include_pad=False))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    floor = frechet_distance(a, b)
+    assert frechet_distance(a, blurred) > 1.5 * floor > 0

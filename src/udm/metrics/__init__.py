@@ -398,6 +398,21 @@ def frechet_from_moments(mu1: ArrayLike, c1: ArrayLike, mu2: ArrayLike, c2: Arra
     return max(value, 0.0)
 
 
+def _scatter_factor(centred: torch.Tensor) -> torch.Tensor:
+    """A matrix F with F^T F = X^T X for centred rows X (n, d), with min(n, d) rows: X itself, or the R of its QR."""
+    return centred if centred.shape[0] <= centred.shape[1] else torch.linalg.qr(centred, mode="r").R
+
+
+def _frechet_samples(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The Fréchet distance of two float64 feature sets, from their data matrices (see :func:`frechet_distance`)."""
+    n, m = x.shape[0], y.shape[0]
+    mx, my = x.mean(dim=0), y.mean(dim=0)
+    xc, yc = x - mx, y - my
+    traces = (xc * xc).sum() / (n - 1) + (yc * yc).sum() / (m - 1)
+    cross = torch.linalg.svdvals(_scatter_factor(xc) @ _scatter_factor(yc).T).sum() / math.sqrt((n - 1) * (m - 1))
+    return max(float((mx - my).square().sum() + traces - 2.0 * cross), 0.0)
+
+
 def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to feature sets ``x`` (n, d) and ``y`` (m, d), in float64.
 
@@ -408,11 +423,19 @@ def frechet_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     upwards at small n, so report it next to the value two samples of the data
     get (:func:`two_sample_floor`). Needs at least 2 samples on each side and
     the same feature dimension; returns a Python float.
+
+    The trace term is computed without a matrix square root. With centred data
+    matrices X (n, d) and Y (m, d), C_x C_y = X^T X Y^T Y / ((n-1)(m-1)) has the
+    nonzero eigenvalues of (X Y^T)(X Y^T)^T / ((n-1)(m-1)), so
+    tr (C_x C_y)^(1/2) is the nuclear norm of X Y^T over sqrt((n-1)(m-1)); X and
+    Y may be replaced by any F with F^T F = X^T X (the R of a QR when n > d).
+    One SVD of a min(n, d) x min(m, d) matrix replaces the non-symmetric
+    ``scipy.linalg.sqrtm`` of d x d (:func:`frechet_from_moments`): no imaginary
+    rounding to drop, exact when the covariances are singular (n <= d), and
+    about 10x faster for Inception's d = 2048.
     """
     x, y = as_pair(x, y, min_samples=2)
-    x, y = x.to(torch.float64), y.to(torch.float64)
-    return frechet_from_moments(*_moments(x), *_moments(y))
-
+    return _frechet_samples(x.to(torch.float64), y.to(torch.float64))
 
 
 def frechet_stderr(x: torch.Tensor, y: torch.Tensor, resamples: int = 10, generator: GeneratorLike = None) -> float:
@@ -432,7 +455,7 @@ def frechet_stderr(x: torch.Tensor, y: torch.Tensor, resamples: int = 10, genera
     for _ in range(int(resamples)):
         ix = torch.randint(0, x.shape[0], (x.shape[0],), generator=g, device=g.device).to(x.device)
         iy = torch.randint(0, y.shape[0], (y.shape[0],), generator=g, device=g.device).to(y.device)
-        values.append(frechet_from_moments(*_moments(x[ix]), *_moments(y[iy])))
+        values.append(_frechet_samples(x[ix], y[iy]))
     return float(torch.tensor(values, dtype=torch.float64).std())
 
 
