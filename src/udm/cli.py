@@ -488,7 +488,10 @@ def _print_feature_table(result: dict[str, Any]) -> None:
     proto = result["protocol"]
     feats = proto["features"]
     print(f"protocol: features {feats['name']} (sha256 {feats['sha256'][:16]}...), n {proto['n']}, reference {proto['reference']}; "
-          f"floor {proto['floor']}; samples {result['sampling']}")
+          f"floor {proto['floor']}")
+    s = result["sampling"]
+    options = "".join(f", {k}={v}" for k, v in s["options"].items())
+    print(f"samples: {s['sampler']}, {s['steps']} steps{options}, NFE {s['nfe']}, seeds {s['seeds']}")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
