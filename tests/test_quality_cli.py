@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from test_cli import assert_one_line_error, run_cli
 from udm.cli import main
 from udm.evaluate import draw_samples, feature_metrics
 from udm.features import load_feature_network
@@ -23,20 +24,6 @@ DIGITS = {
     "train": {"steps": 30, "batch_size": 32, "log_every": 10, "ckpt_every": 30, "posthoc_ema": {"sigma_rels": [0.05, 0.1], "every": 5}},
     "sample": {"sampler": "ddim", "steps": 5, "n": 8, "eval_n": 50},
 }
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("udm: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
 
 
 @pytest.fixture(scope="module")
